@@ -1,0 +1,141 @@
+"""Per-stream state, owned by the scheduler, and its pure bookkeeping.
+
+Audio is kept as mel frames (the buffer). The buffer always starts on an
+encoder window boundary of the stream, so dropping whole windows from its
+front keeps every cached window embedding valid (no cache reset on trim).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from engine.features import FRAMES_PER_S, StreamingMel
+from engine.transcript import WordAssembler
+from engine.vocab import TokenTable
+
+
+class Status(Enum):
+    OPEN = "open"
+    ENDING = "ending"  # end() called: flush what is left, then finish
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass
+class Inbox:
+    """Audio fed by other threads, not yet taken by a step."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    chunks: list[np.ndarray] = field(default_factory=list)
+    samples: int = 0
+
+    def put(self, samples: np.ndarray) -> None:
+        with self.lock:
+            self.chunks.append(samples)
+            self.samples += len(samples)
+
+    def take(self, max_samples: int) -> np.ndarray:
+        """Up to `max_samples` of the oldest audio."""
+        with self.lock:
+            data = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+            taken, rest = data[:max_samples], data[max_samples:]
+            self.chunks = [rest] if len(rest) else []
+            self.samples = len(rest)
+        return taken
+
+
+class MelBuffer:
+    """Mel frames of a stream's buffer in a preallocated array (appends cost O(new))."""
+
+    def __init__(self, n_mels: int, capacity: int) -> None:
+        self._data = np.zeros((n_mels, capacity), np.float32)
+        self.size = 0
+
+    @property
+    def frames(self) -> np.ndarray:
+        """The buffered frames, [n_mels, size] (a view)."""
+        return self._data[:, : self.size]
+
+    def append(self, new: np.ndarray) -> None:
+        end = self.size + new.shape[1]
+        if end > self._data.shape[1]:
+            raise ValueError(f"mel buffer overflow: {end} frames > capacity {self._data.shape[1]}")
+        self._data[:, self.size : end] = new
+        self.size = end
+
+    def drop_front(self, n: int) -> None:
+        self._data[:, : self.size - n] = self._data[:, n : self.size]
+        self.size -= n
+
+
+@dataclass
+class StreamState:
+    """Everything the scheduler knows about one stream."""
+
+    stream_id: str
+    slot: int
+    mel: StreamingMel
+    # Mel frames of the buffer; frame 0 is stream frame `buffer_start`.
+    buffer: MelBuffer
+    words: WordAssembler
+    forced_language: str | None
+    status: Status = Status.OPEN
+    inbox: Inbox = field(default_factory=Inbox)
+    buffer_start: int = 0
+    # Encoder windows at the front of the buffer whose embeddings sit in the slot.
+    cached_windows: int = 0
+    # Complete 100-frame chunks of the next (unfinished) window whose conv outputs are cached.
+    conv_chunks: int = 0
+    # Buffer frames the last step decoded.
+    decoded_frames: int = 0
+    # Prompt positions whose key/values in the slot are valid for the next step.
+    kv_reuse: int = 0
+    # Assistant prefix: "language <Name><asr_text>" ids once the language is known.
+    language: str | None = None
+    lang_prefix: list[int] = field(default_factory=list)
+    # Committed (token id, stream time) whose audio is in the buffer.
+    committed: list[tuple[int, float]] = field(default_factory=list)
+    # Earlier committed token ids, shown to the model as system-prompt context.
+    context: list[int] = field(default_factory=list)
+    # Where the last committed token looked; -inf before the first.
+    last_s: float = float("-inf")
+    # Audio up to here is transcribed (no uncommitted speech before it).
+    consumed_s: float = 0.0
+    # Stream time of the last committed token (silence detection).
+    last_word_s: float = 0.0
+    # Seconds of audio fed so far (taken by steps or waiting in the inbox).
+    fed_s: float = 0.0
+    # Seconds of audio that have entered the buffer.
+    taken_s: float = 0.0
+
+    @property
+    def buffer_frames(self) -> int:
+        return self.buffer.size
+
+    @property
+    def audio_start_s(self) -> float:
+        return self.buffer_start / FRAMES_PER_S
+
+    @property
+    def audio_end_s(self) -> float:
+        return (self.buffer_start + self.buffer_frames) / FRAMES_PER_S
+
+
+def keep_from(committed: list[tuple[int, float]], boundary_s: float, table: TokenTable) -> int:
+    """Index of the first committed token to keep when audio before `boundary_s` leaves the buffer.
+
+    Tokens looking before the boundary go to context, except the word holding
+    the last of them: its audio may straddle the boundary, and keeping its text
+    stops the decoder from transcribing the left-over part again.
+    """
+    before = [i for i, (_, t) in enumerate(committed) if t < boundary_s]
+    if not before:
+        return 0
+    index = before[-1]
+    while index > 0 and not table.starts_word[committed[index][0]]:
+        index -= 1
+    return index
