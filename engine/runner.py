@@ -30,7 +30,8 @@ from qwen_asr.core.transformers_backend.modeling_qwen3_asr import apply_rotary_p
 
 from engine.heads import Head
 from engine.loader import LoadedModel
-from engine.timing import AudioGrid, conv_tokens
+from engine.encoder import WindowEncoder
+from engine.timing import AudioGrid
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class ForwardOut:
     tokens: np.ndarray  # int64[B]
     frames: np.ndarray  # int64[B, n_heads]: audio token index, relative to audio_pos
     logits: torch.Tensor | None = None  # float32[B, vocab], only when asked for (tests, tools)
+    # int64[B, T, layers, heads]: every head at every new position (heads detection only).
+    probe: np.ndarray | None = None
 
 
 class ModelRunner:
@@ -85,6 +88,7 @@ class ModelRunner:
         self.thinker = model.thinker
         self.device, self.dtype = model.device, model.dtype
         self.grid = AudioGrid.from_spec(spec.n_window, spec.n_window_infer)
+        self.encoder = WindowEncoder(self.thinker.audio_tower, self.grid)
         self.max_len, self.max_audio_tokens = max_len, max_audio_tokens
         self.audio_token_id = spec.audio_token_id
         self.groups = spec.n_heads // spec.n_kv_heads
@@ -117,46 +121,25 @@ class ModelRunner:
         the slot's chunk cache go through it; the complete chunks of each
         request's last, incomplete window are then cached for the next call.
         """
-        tower = self.thinker.audio_tower
-        chunk, per_window = self.grid.chunk_frames, self.grid.window_frames // self.grid.chunk_frames
-        width = self.grid.tokens_per_chunk
-        todo, cached, lengths, window_of, n_windows = [], [], [], [], 0
-        for r, request in enumerate(requests):
-            n_chunks = -(-request.mel.shape[1] // chunk)
-            for c in range(n_chunks):
-                piece = request.mel[:, c * chunk : (c + 1) * chunk]
-                (cached if c < request.cached_chunks else todo).append((len(lengths), r, c, piece))
-                lengths.append(piece.shape[1])
-                window_of.append(n_windows + c // per_window)
-            n_windows += -(-n_chunks // per_window)
-        x = torch.empty((len(lengths), width, tower.conv_out.out_features), dtype=self.dtype, device=self.device)
-        if todo:
-            x[[t[0] for t in todo]] = self._conv(tower, [t[3] for t in todo])
-        if cached:
-            slots = [requests[t[1]].slot for t in cached]
-            x[[t[0] for t in cached]] = self.chunk_cache[slots, [t[2] for t in cached]]
-        self._cache_open_window(requests, x)
-        hidden = self._encode_windows(tower, x, [conv_tokens(n) for n in lengths], window_of, n_windows)
-        out, w = [], 0
+        layout = self.encoder.layout([r.mel for r in requests])
+        todo, cached, index = [], [], 0
         for request in requests:
-            n_win = -(-request.mel.shape[1] // self.grid.window_frames)
-            out.append(torch.cat(hidden[w : w + n_win]))
-            w += n_win
-        return out
-
-    def _conv(self, tower: torch.nn.Module, pieces: list[np.ndarray]) -> torch.Tensor:
-        """Conv stack + projection + chunk position embedding: [n, 13, d_model]."""
-        chunk = self.grid.chunk_frames
-        feats = np.zeros((len(pieces), 1, pieces[0].shape[0], chunk), np.float32)
-        for i, piece in enumerate(pieces):
-            feats[i, 0, :, : piece.shape[1]] = piece
-        x = torch.from_numpy(feats).to(self.device, self.dtype)
-        x = F.gelu(tower.conv2d1(x))
-        x = F.gelu(tower.conv2d2(x))
-        x = F.gelu(tower.conv2d3(x))
-        n, channels, freq, steps = x.shape
-        x = tower.conv_out(x.permute(0, 3, 1, 2).reshape(n, steps, channels * freq))
-        return x + tower.positional_embedding.positional_embedding[:steps].to(x.dtype)
+            n_chunks = -(-request.mel.shape[1] // self.grid.chunk_frames)
+            for c in range(n_chunks):
+                (cached if c < request.cached_chunks else todo).append((index + c, request.slot, c))
+            index += n_chunks
+        tower = self.thinker.audio_tower
+        x = torch.empty(
+            (len(layout.pieces), self.grid.tokens_per_chunk, tower.conv_out.out_features),
+            dtype=self.dtype,
+            device=self.device,
+        )
+        if todo:
+            x[[i for i, _, _ in todo]] = self.encoder.conv([layout.pieces[i] for i, _, _ in todo])
+        if cached:
+            x[[i for i, _, _ in cached]] = self.chunk_cache[[s for _, s, _ in cached], [c for _, _, c in cached]]
+        self._cache_open_window(requests, x)
+        return self.encoder.windows(x, layout)
 
     def _cache_open_window(self, requests: list[EncodeRequest], x: torch.Tensor) -> None:
         """Store conv outputs of the complete chunks of each request's unfinished last window."""
@@ -169,33 +152,6 @@ class ModelRunner:
                 start = first + (frames // window) * (window // chunk)
                 self.chunk_cache[request.slot, :complete] = x[start : start + complete]
             first += -(-frames // chunk)
-
-    def _encode_windows(
-        self, tower: torch.nn.Module, chunks: torch.Tensor, counts: list[int], window_of: list[int], n_windows: int
-    ) -> list[torch.Tensor]:
-        """Run the transformer layers with attention confined to each window."""
-        width = self.grid.tokens_per_window
-        x = torch.zeros((n_windows, width, chunks.shape[-1]), dtype=chunks.dtype, device=self.device)
-        fill = [0] * n_windows
-        for i, (count, w) in enumerate(zip(counts, window_of)):
-            x[w, fill[w] : fill[w] + count] = chunks[i, :count]
-            fill[w] += count
-        valid = torch.arange(width, device=self.device)[None, :] < torch.tensor(fill, device=self.device)[:, None]
-        mask = valid[:, None, None, :]
-        for layer in tower.layers:
-            attn = layer.self_attn
-            h = layer.self_attn_layer_norm(x)
-            shape = (n_windows, width, attn.num_heads, attn.head_dim)
-            q, k, v = (proj(h).view(shape).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling)
-            x = x + attn.out_proj(a.transpose(1, 2).reshape(n_windows, width, -1))
-            x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
-            if x.dtype == torch.float16:
-                # The HF layer clamps fp16 activations the same way.
-                bound = torch.finfo(x.dtype).max - 1000
-                x = x.clamp(-bound, bound)
-        x = tower.proj2(tower.act(tower.proj1(tower.ln_post(x))))
-        return [x[w, : fill[w]] for w in range(n_windows)]
 
     def synchronize(self) -> None:
         """Wait for queued device work (so step timings attribute it correctly)."""
@@ -216,8 +172,11 @@ class ModelRunner:
 
     # ----------------------------------------------------------------- decoder
     @torch.inference_mode()
-    def forward(self, batch: ForwardBatch, want_logits: bool = False) -> ForwardOut:
-        """Compute the batch's new positions, update caches, return next tokens."""
+    def forward(self, batch: ForwardBatch, want_logits: bool = False, probe: bool = False) -> ForwardOut:
+        """Compute the batch's new positions, update caches, return next tokens.
+
+        probe: also return the audio argmax of every head at every position.
+        """
         if int((batch.start + batch.lengths).max()) > self.max_len:
             raise ValueError(f"prompt of {int((batch.start + batch.lengths).max())} tokens exceeds {self.max_len}")
         dev = self.device
@@ -240,7 +199,11 @@ class ModelRunner:
         last = lengths - 1
         rows = torch.arange(n_rows, device=dev)
         frames = torch.zeros((n_rows, len(self.heads)), dtype=torch.long, device=dev)
-        for index, layer in enumerate(self.thinker.model.layers):
+        layers = self.thinker.model.layers
+        n_heads = self.thinker.config.text_config.num_attention_heads
+        probed = torch.zeros((n_rows, width, len(layers), n_heads), dtype=torch.long, device=dev) if probe else None
+        every_head = torch.arange(n_heads, device=dev)
+        for index, layer in enumerate(layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
             q = attn.q_norm(attn.q_proj(h).view(n_rows, width, -1, attn.head_dim)).transpose(1, 2)
@@ -256,7 +219,10 @@ class ModelRunner:
             )
             if index in self._align:
                 head_idx, columns = self._align[index]
-                frames[:, columns] = self._align_argmax(q[rows, :, last][:, head_idx], keys_b, head_idx, batch)
+                q_last = q[rows, :, last][:, head_idx, None]
+                frames[:, columns] = self._align_argmax(q_last, keys_b, head_idx, batch)[..., 0]
+            if probed is not None:
+                probed[:, :, index] = self._align_argmax(q, keys_b, every_head, batch).transpose(1, 2)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(n_rows, width, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         hidden = self.thinker.model.norm(x[rows, last])
@@ -265,6 +231,7 @@ class ModelRunner:
             tokens=logits.argmax(-1).cpu().numpy(),
             frames=frames.cpu().numpy(),
             logits=logits if want_logits else None,
+            probe=probed.cpu().numpy() if probed is not None else None,
         )
 
     def _embed(
@@ -281,17 +248,18 @@ class ModelRunner:
         return x
 
     def _align_argmax(
-        self, q_last: torch.Tensor, keys: torch.Tensor, head_idx: torch.Tensor, batch: ForwardBatch
+        self, q: torch.Tensor, keys: torch.Tensor, head_idx: torch.Tensor, batch: ForwardBatch
     ) -> torch.Tensor:
         """Argmax over each row's audio positions of the selected heads' scores.
 
-        q_last: [B, H_l, d] queries of the last position; keys: [B, kv_heads, T, d].
-        Returns [B, H_l] audio token indices (relative to the row's audio start).
+        q: [B, H_l, Tq, d] queries; keys: [B, kv_heads, T, d]. Returns [B, H_l, Tq]
+        audio token indices (relative to the row's audio start). The raw scores
+        have the same argmax as the attention weights.
         """
         k_heads = keys[:, head_idx // self.groups]
-        scores = torch.einsum("bhd,bhtd->bht", q_last.float(), k_heads.float())
-        first = torch.as_tensor(batch.audio_pos, device=self.device)[:, None, None]
-        count = torch.as_tensor(batch.n_audio, device=self.device)[:, None, None]
-        t = torch.arange(scores.shape[-1], device=self.device)[None, None, :]
+        scores = torch.einsum("bhqd,bhtd->bhqt", q.float(), k_heads.float())
+        first = torch.as_tensor(batch.audio_pos, device=self.device)[:, None, None, None]
+        count = torch.as_tensor(batch.n_audio, device=self.device)[:, None, None, None]
+        t = torch.arange(scores.shape[-1], device=self.device)
         outside = (t < first) | (t >= first + count)
         return scores.masked_fill(outside, float("-inf")).argmax(-1) - first[..., 0]
