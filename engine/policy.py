@@ -6,13 +6,15 @@ their attention over the audio tokens). Their median is where the new token
 
 * BORDER: it looks within `border_s` of the end of the audio received so far;
   the token may belong to a word that is still arriving, so decoding pauses
-  and the token is not committed (unless the stream has ended: `final`).
+  and the token is not committed.
 * REWIND: it looks more than `rewind_s` before the previous token; the
   decoder went back over audio it already transcribed (repetition), so the
   token is dropped and decoding pauses.
 * CONTINUE: commit the token and decode the next one.
 
-Thresholds are seconds of audio, independent of the buffer length.
+Once the stream has ended (`final`) all audio is there: plain greedy
+decoding to the end of text, as offline. Thresholds are seconds of audio,
+independent of the buffer length.
 """
 
 from __future__ import annotations
@@ -49,11 +51,11 @@ def decide(
     head_times: float[B, H] seconds each alignment head attends to;
     audio_end_s: float[B] end of the audio each row has seen;
     last_s: float[B] where the previous committed token looked (-inf if none);
-    final: bool[B] the stream has ended, so the border does not apply.
+    final: bool[B] the stream has ended: always CONTINUE.
     Returns (verdict int8[B], attended_s float[B]).
     """
     attended = np.median(head_times, axis=1)
-    rewind = last_s - attended > cfg.rewind_s
+    rewind = (last_s - attended > cfg.rewind_s) & ~final
     border = (audio_end_s - attended <= cfg.border_s) & ~final
     verdict = np.where(rewind, Verdict.REWIND, np.where(border, Verdict.BORDER, Verdict.CONTINUE))
     return verdict.astype(np.int8), attended

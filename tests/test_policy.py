@@ -31,15 +31,14 @@ def test_border_uses_seconds_not_buffer_fraction() -> None:
         assert run([end - 0.6] * 3, end=end, last=end - 1.0)[0] == [Verdict.CONTINUE]
 
 
-def test_final_ignores_border() -> None:
+def test_final_is_plain_greedy() -> None:
     assert run([4.9] * 3, end=5.0, last=4.5, final=True)[0] == [Verdict.CONTINUE]
+    assert run([1.0] * 3, end=5.0, last=2.5, final=True)[0] == [Verdict.CONTINUE]
 
 
 def test_rewind_on_backward_jump() -> None:
     assert run([1.0] * 3, end=5.0, last=2.5)[0] == [Verdict.REWIND]
     assert run([1.8] * 3, end=5.0, last=2.5)[0] == [Verdict.CONTINUE]
-    # Rewind applies on the final flush too (a repetition is never wanted).
-    assert run([1.0] * 3, end=5.0, last=2.5, final=True)[0] == [Verdict.REWIND]
 
 
 def test_first_token_has_no_rewind() -> None:
