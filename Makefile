@@ -8,9 +8,18 @@ STAMP := $(VENV)/.installed
 # workplace keeps on disk); with one, pip picks the default CUDA build.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
 
-.PHONY: test venv
+.PHONY: test venv sysdeps tiny-en
 
 venv: $(STAMP)
+
+# espeak-ng and sox synthesise the speech that tests, training and benchmarks use.
+sysdeps:
+	@missing=""; for tool in espeak-ng sox; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (Debian packages)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng sox >/dev/null; \
+	fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,5 +27,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-test: $(STAMP)
+test: sysdeps $(STAMP)
 	$(BIN)/python -m pytest -q -ra
+
+# Rebuild the bundled trained model from scratch (corpus, ~2 h of CPU training, heads).
+tiny-en: sysdeps $(STAMP)
+	$(BIN)/python -m training.corpus --out artifacts/corpus --wav
+	$(BIN)/python -m training.train --corpus artifacts/corpus --out models/tiny-en --work artifacts/train
+	$(BIN)/python -m engine.heads detect --model models/tiny-en --clips artifacts/corpus/heldout

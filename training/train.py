@@ -1,0 +1,319 @@
+"""Train a tiny Qwen3-ASR (the real architecture, small sizes) on the synthetic corpus.
+
+    python -m training.train --corpus artifacts/corpus --out models/tiny-en [--minutes 130]
+
+The model is Qwen3ASRForConditionalGeneration from qwen-asr; the prompt is
+the one the engine builds (engine.prompt); the audio encoder runs batched
+through engine.encoder. Loss: cross-entropy on the assistant tokens
+(`language English<asr_text>` + transcript + `<|im_end|>`), plus a CTC loss
+on the encoder output through a throw-away linear head, which makes the
+encoder learn sounds quickly. The head is not saved: the checkpoint is a
+plain Qwen3-ASR directory (weights in float16) that engine.loader loads.
+
+Training stops after --minutes of wall time (or --steps); a checkpoint to
+resume from (--resume) is written to --work every five minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.config import EngineConfig
+from engine.encoder import WindowEncoder
+from engine.features import MelFrontend
+from engine.loader import assemble
+from engine.policy import PolicyConfig
+from engine.prompt import PromptTemplate
+from engine.scheduler import Scheduler
+from engine.timing import AudioGrid
+from engine.tiny import TinyDims, random_model, save_checkpoint
+from engine.tiny_tokenizer import read_words
+from engine.transcribe import transcribe
+from training.data import Corpus, Example
+
+log = logging.getLogger("training")
+
+DIMS = TinyDims(
+    enc_d_model=192, enc_layers=4, enc_heads=4, enc_ffn=768, enc_conv_channels=32,
+    dec_hidden=192, dec_layers=4, dec_heads=4, dec_kv_heads=2, dec_head_dim=48, dec_ffn=576,
+    tie_embeddings=True,
+)
+
+
+class Batcher:
+    """Batches of about `seconds` of audio, clips of similar length together."""
+
+    def __init__(self, corpus: Corpus, seconds: float, rng: np.random.Generator) -> None:
+        self.corpus, self.seconds, self.rng = corpus, seconds, rng
+        self.queue: list[list[int]] = []
+
+    def next(self, max_clip_s: float) -> list[int]:
+        if not self.queue:
+            eligible = [i for i in range(len(self.corpus)) if self.corpus.seconds(i) <= max_clip_s]
+            pool = sorted(self.rng.permutation(eligible)[:4000].tolist(), key=self.corpus.seconds)
+            batch, total = [], 0.0
+            for index in pool:
+                batch.append(index)
+                total += self.corpus.seconds(index)
+                if total >= self.seconds:
+                    self.queue.append(batch)
+                    batch, total = [], 0.0
+            self.rng.shuffle(self.queue)
+        return self.queue.pop()
+
+
+class AsrLoss:
+    """Forward pass and losses of a batch of examples."""
+
+    def __init__(
+        self, model: torch.nn.Module, tokenizer: object, ctc_head: torch.nn.Module, frame_head: torch.nn.Module,
+        vocabulary: list[str],
+    ) -> None:
+        self.thinker = model.thinker
+        self.tokenizer = tokenizer
+        self.ctc_head = ctc_head
+        self.frame_head = frame_head
+        # Frame classes: 0 is "no word", then the word list.
+        self.word_class = {word: i + 1 for i, word in enumerate(vocabulary)}
+        spec = self.thinker.config
+        self.grid = AudioGrid.from_spec(spec.audio_config.n_window, spec.audio_config.n_window_infer)
+        self.encoder = WindowEncoder(self.thinker.audio_tower, self.grid)
+        self.template = PromptTemplate.from_tokenizer(tokenizer, tokenizer.chat_template, spec.audio_token_id)
+        self.im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.blank = ctc_head.out_features - 1
+
+    def target(self, example: Example) -> tuple[list[int], list[int]]:
+        """(assistant ids, transcript ids)."""
+        text = self.tokenizer.encode(" ".join(example.words), add_special_tokens=False) if example.words else []
+        language = "None" if example.silence else "English"
+        return list(self.template.language_prefix(language)) + text + [self.im_end], text
+
+    def __call__(self, examples: list[Example], mels: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        audio = self.encoder.encode(mels)
+        rows, label_rows, label_cols, label_ids, texts = [], [], [], [], []
+        for b, (example, embeds) in enumerate(zip(examples, audio)):
+            target, text = self.target(example)
+            context = self.tokenizer.encode(example.context, add_special_tokens=False) if example.context else []
+            layout = self.template.build(context, embeds.shape[0], target)
+            rows.append(layout)
+            first = len(layout.ids) - len(target)
+            label_rows += [b] * len(target)
+            label_cols += list(range(first - 1, len(layout.ids) - 1))
+            label_ids += target
+            texts.append(text)
+        width = max(len(r.ids) for r in rows)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, layout in enumerate(rows):
+            ids[b, : len(layout.ids)] = torch.tensor(layout.ids)
+            mask[b, : len(layout.ids)] = 1
+        x = self.thinker.model.embed_tokens(ids)
+        audio_rows = torch.cat([torch.full((r.n_audio,), b) for b, r in enumerate(rows)])
+        audio_cols = torch.cat([torch.arange(r.audio_pos, r.audio_pos + r.n_audio) for r in rows])
+        x = x.index_put((audio_rows, audio_cols), torch.cat(audio))
+        positions = torch.arange(width)[None, :].expand(len(rows), width)
+        hidden = self.thinker.model(inputs_embeds=x, attention_mask=mask, position_ids=positions).last_hidden_state
+        logits = self.thinker.lm_head(hidden[label_rows, label_cols])
+        targets = torch.tensor(label_ids)
+        ce = F.cross_entropy(logits, targets)
+        return {
+            "ce": ce,
+            "ctc": self._ctc(audio, texts),
+            "frames": self._frames(audio, examples),
+            "accuracy": (logits.argmax(-1) == targets).float().mean(),
+        }
+
+    def _frames(self, audio: list[torch.Tensor], examples: list[Example]) -> torch.Tensor:
+        """Per-token word classification where word times are known (fast, direct encoder signal)."""
+        feats, labels = [], []
+        for embeds, example in zip(audio, examples):
+            if example.spans is None:
+                continue
+            times = np.array([self.grid.token_time(k) for k in range(embeds.shape[0])])
+            label = np.zeros(len(times), dtype=np.int64)
+            for word, start, end in example.spans:
+                label[(times >= start) & (times < end)] = self.word_class.get(word, 0)
+            feats.append(embeds)
+            labels.append(torch.from_numpy(label))
+        if not feats:
+            return torch.zeros(())
+        return F.cross_entropy(self.frame_head(torch.cat(feats)), torch.cat(labels))
+
+    def _ctc(self, audio: list[torch.Tensor], texts: list[list[int]]) -> torch.Tensor:
+        lengths = torch.tensor([a.shape[0] for a in audio])
+        padded = torch.nn.utils.rnn.pad_sequence(audio, batch_first=True)
+        log_probs = self.ctc_head(padded).log_softmax(-1).transpose(0, 1)
+        targets = torch.tensor([t for text in texts for t in text], dtype=torch.long)
+        return F.ctc_loss(
+            log_probs, targets, lengths, torch.tensor([len(t) for t in texts]), blank=self.blank, zero_infinity=True
+        )
+
+
+def reset_conv_stem(model: torch.nn.Module) -> None:
+    """Variance-preserving init for the conv stem.
+
+    The HF init (normal, std 0.02, for every conv and linear) shrinks the mel
+    signal ~1000x through the three convolutions and conv_out, and PyTorch's
+    default still ~70x, so at the start the encoder sees little but its
+    sinusoidal position embeddings (std 0.5) and cannot learn sounds. Kaiming
+    normal init keeps the signal at the scale of the position embeddings.
+    """
+    tower = model.thinker.audio_tower
+    for conv in (tower.conv2d1, tower.conv2d2, tower.conv2d3):
+        torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        torch.nn.init.zeros_(conv.bias)
+    torch.nn.init.normal_(tower.conv_out.weight, std=tower.conv_out.in_features**-0.5)
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def evaluate_wer(model: torch.nn.Module, tokenizer: object, corpus: Corpus, frontend_filters: np.ndarray, n: int) -> float:
+    """Offline greedy WER of the model on the first n clips of `corpus`, through the engine."""
+    model.eval()
+    loaded = assemble("training", model, tokenizer, tokenizer.chat_template, frontend_filters, torch.device("cpu"))
+    # Offline decoding of clips up to 12 s; the final pass ignores the policy.
+    cfg = EngineConfig(
+        model="training", max_streams=1, max_batch=1, max_buffer_s=14.0, max_step_s=14.0,
+        max_backlog_s=14.0, max_chunk_s=14.0, policy=PolicyConfig(),
+    )
+    scheduler = Scheduler(cfg, loaded)
+    refs, hyps = [], []
+    for index in range(min(n, len(corpus))):
+        samples = corpus.samples(index)
+        result = transcribe(scheduler, samples, chunk_ms=14_000, language=None)
+        refs.append(corpus.clips[index]["text"] or "<silence>")
+        hyps.append(result.text or "<silence>")
+    model.train()
+    return float(jiwer.wer(refs, hyps))
+
+
+def save(model: torch.nn.Module, tokenizer: object, out: Path, meta: dict) -> None:
+    """Write a float16 copy as a loadable checkpoint (the training copy stays float32)."""
+    save_checkpoint(copy.deepcopy(model).half().eval(), tokenizer, out)
+    (out / "training.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="the model directory to write")
+    parser.add_argument("--work", type=Path, default=Path("artifacts/train"), help="checkpoints for --resume")
+    parser.add_argument("--minutes", type=float, default=120.0)
+    parser.add_argument("--steps", type=int, default=1_000_000)
+    parser.add_argument("--expected-steps", type=int, default=6000, help="length of the learning-rate schedule")
+    parser.add_argument("--batch-seconds", type=float, default=120.0)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--ctc-weight", type=float, default=0.3)
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--eval-clips", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    logging.getLogger("engine").setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+
+    model, tokenizer = random_model(DIMS, args.seed)
+    reset_conv_stem(model)
+    model.train()
+    from transformers import WhisperFeatureExtractor
+
+    filters = WhisperFeatureExtractor(feature_size=128).mel_filters.astype(np.float32)
+    frontend = MelFrontend(filters)
+    vocabulary = read_words()
+    ctc_head = torch.nn.Linear(DIMS.dec_hidden, len(tokenizer) + 1)
+    frame_head = torch.nn.Linear(DIMS.dec_hidden, len(vocabulary) + 1)
+    loss_fn = AsrLoss(model, tokenizer, ctc_head, frame_head, vocabulary)
+    params = list(model.parameters()) + list(ctc_head.parameters()) + list(frame_head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    train, heldout = Corpus(args.corpus / "train"), Corpus(args.corpus / "heldout")
+    batcher = Batcher(train, args.batch_seconds, rng)
+    args.work.mkdir(parents=True, exist_ok=True)
+    ckpt = args.work / "checkpoint.pt"
+    step, elapsed, history = 0, 0.0, []
+    if args.resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        ctc_head.load_state_dict(state["ctc_head"])
+        frame_head.load_state_dict(state["frame_head"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed, history = state["step"], state["elapsed"], state["history"]
+        rng = np.random.default_rng(args.seed + step)
+        batcher.rng = rng
+        log.info("resumed at step %d (%.1f min)", step, elapsed / 60)
+    started, last_ckpt, window = time.perf_counter() - elapsed, time.perf_counter(), []
+    while step < args.steps and (time.perf_counter() - started) < args.minutes * 60:
+        # Curriculum: short clips first, all lengths after the first 15% of the schedule.
+        max_clip = 5.0 + 7.0 * min(1.0, step / (0.15 * args.expected_steps))
+        indices = batcher.next(max_clip)
+        examples = [train.example(i, rng, vocabulary) for i in indices]
+        mels = [frontend.offline(ex.audio) for ex in examples]
+        losses = loss_fn(examples, mels)
+        ctc_weight = args.ctc_weight * max(0.2, 1.0 - step / args.expected_steps)
+        total = losses["ce"] + ctc_weight * (losses["ctc"] + losses["frames"])
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args.expected_steps, args.lr, args.warmup)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        step += 1
+        window.append({k: float(v.detach()) for k, v in losses.items()})
+        if step % 25 == 0:
+            mean = {k: round(float(np.mean([w[k] for w in window])), 4) for k in window[0]}
+            window = []
+            minutes = (time.perf_counter() - started) / 60
+            log.info("step %d  %.1f min  lr %.2e  max_clip %.1f s  %s", step, minutes, optimizer.param_groups[0]["lr"], max_clip, mean)
+            history.append({"step": step, "minutes": round(minutes, 2), **mean})
+        if step % args.eval_every == 0:
+            wer = evaluate_wer(model, tokenizer, heldout, filters, args.eval_clips)
+            log.info("step %d  held-out offline WER (%d clips): %.3f", step, args.eval_clips, wer)
+            history.append({"step": step, "heldout_wer": round(wer, 4)})
+        if time.perf_counter() - last_ckpt > 300:
+            torch.save(
+                {"model": model.state_dict(), "ctc_head": ctc_head.state_dict(), "frame_head": frame_head.state_dict(),
+                 "optimizer": optimizer.state_dict(),
+                 "step": step, "elapsed": time.perf_counter() - started, "history": history},
+                ckpt,
+            )
+            last_ckpt = time.perf_counter()
+    minutes = (time.perf_counter() - started) / 60
+    wer = evaluate_wer(model, tokenizer, heldout, filters, len(heldout))
+    log.info("done: %d steps in %.1f min; held-out offline WER %.3f", step, minutes, wer)
+    meta = {
+        "steps": step, "wall_minutes": round(minutes, 1), "threads": args.threads, "heldout_wer": round(wer, 4),
+        "train_clips": len(train), "args": {k: str(v) for k, v in vars(args).items()}, "dims": asdict(DIMS),
+        "history": history,
+    }
+    save(model, tokenizer, args.out, meta)
+    torch.save(
+        {"model": model.state_dict(), "ctc_head": ctc_head.state_dict(), "frame_head": frame_head.state_dict(),
+                 "optimizer": optimizer.state_dict(),
+         "step": step, "elapsed": minutes * 60, "history": history},
+        ckpt,
+    )
+
+
+if __name__ == "__main__":
+    main()
