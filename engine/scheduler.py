@@ -88,9 +88,15 @@ class Scheduler:
         )
 
     # ------------------------------------------------------------ public API
-    def open(self, stream_id: str, language: str | None = None) -> None:
-        """Open a stream; `language` is "auto"/None, a code ("en") or a name."""
+    def open(self, stream_id: str, language: str | None = None, context: str = "") -> None:
+        """Open a stream; `language` is "auto"/None, a code ("en") or a name.
+
+        `context` is text already committed for this audio elsewhere (a stream
+        re-homed from another replica): it becomes the system-prompt context,
+        as if this scheduler had trimmed it out of the buffer itself.
+        """
         name = resolve_language(language)
+        context_ids = self._context_ids(context)
         with self._lock:
             if stream_id in self._streams:
                 raise BadRequestError(f"stream {stream_id!r} is already open")
@@ -106,6 +112,7 @@ class Scheduler:
             )
             if name is not None:
                 state.language, state.lang_prefix = name, list(self.template.language_prefix(name))
+            state.context = context_ids
             self._streams[stream_id] = state
             self._closed.pop(stream_id, None)
         log.info("stream %s opened on slot %d (language %s)", stream_id, state.slot, name or "auto")
@@ -190,6 +197,13 @@ class Scheduler:
         return result
 
     # --------------------------------------------------------------- helpers
+    def _context_ids(self, text: str) -> list[int]:
+        """The last context_max_tokens token ids of `text` (leading space: it continues a transcript)."""
+        if not text.strip() or self.cfg.context_max_tokens == 0:
+            return []
+        ids = self.model.tokenizer.encode(" " + text.strip(), add_special_tokens=False)
+        return list(ids[-self.cfg.context_max_tokens :])
+
     def _open_stream(self, stream_id: str) -> StreamState:
         with self._lock:
             state = self._streams.get(stream_id)

@@ -231,3 +231,23 @@ def test_auto_language_on_random_model_commits_nothing(make_scheduler) -> None:
     # and the stream still ends cleanly.
     words = run_streams(make_scheduler(), {"auto": noise(3.0, seed=5)}, language="auto")
     assert words["auto"] == []
+
+
+def test_open_with_context_puts_committed_text_in_the_prompt(make_scheduler) -> None:
+    """A re-homed stream starts with the text committed elsewhere as its prompt context."""
+    scheduler = make_scheduler(context_max_tokens=4)
+    text = "alpha beta gamma delta epsilon"
+    ids = scheduler.model.tokenizer.encode(" " + text, add_special_tokens=False)
+    assert len(ids) > 4
+    scheduler.open("re", "en", context=text)
+    scheduler.open("plain", "en")
+    state, plain = scheduler._streams["re"], scheduler._streams["plain"]
+    assert state.context == ids[-4:]
+    assert plain.context == []
+    for sid in ("re", "plain"):
+        scheduler.feed(sid, noise(0.6, seed=9))
+    scheduler._take_audio([state, plain])
+    with_context = scheduler._plan(state, False).layout.ids
+    without = scheduler._plan(plain, False).layout.ids
+    assert len(with_context) == len(without) + 4
+    assert any(with_context[i : i + 4] == ids[-4:] for i in range(len(with_context)))
