@@ -1,4 +1,4 @@
-# Two entry points on a fresh machine: `make test` (and, later, `make run`).
+# Two entry points on a fresh machine: `make test` and `make run`.
 # Both bootstrap .venv/ themselves.
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # workplace keeps on disk); with one, pip picks the default CUDA build.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
 
-.PHONY: test venv sysdeps tiny-en
+.PHONY: test venv sysdeps tiny-en run
 
 venv: $(STAMP)
 
@@ -29,6 +29,12 @@ $(STAMP): pyproject.toml
 
 test: sysdeps $(STAMP)
 	$(BIN)/python -m pytest -q -ra
+
+# The service on a local Ray at 127.0.0.1:8000. MODEL: hub id or model directory;
+# the default, the bundled trained tiny model, runs on a CPU offline.
+MODEL ?= models/tiny-en
+run: $(STAMP)
+	$(BIN)/python -m deployments.run --config serve_config.yaml --model "$(MODEL)"
 
 # Rebuild the bundled trained model from scratch (corpus, ~2 h of CPU training, heads).
 tiny-en: sysdeps $(STAMP)

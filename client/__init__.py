@@ -1,0 +1,1 @@
+"""Python client of the captions service (WebSocket /v1/stream, docs/protocol.md)."""

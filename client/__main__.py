@@ -1,0 +1,126 @@
+"""Caption a wav file or the microphone through the service, printing words as they arrive.
+
+    python -m client stream FILE.wav [--url ws://127.0.0.1:8000/v1/stream] [--language en] [--speed 1]
+    python -m client mic [--url ...] [--language en]     (needs `pip install .[mic]`)
+    python -m client transcribe FILE.wav [--url http://127.0.0.1:8000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from client.stream import CaptionStream, ServiceError, pcm_chunks, send_realtime
+from engine.audio import read_audio_file
+from engine.features import SAMPLE_RATE
+
+DEFAULT_WS = "ws://127.0.0.1:8000/v1/stream"
+
+
+async def caption(stream: CaptionStream, jsonl: bool) -> int:
+    """Print frames until final/error; exit status 0 on final."""
+    async for frame in stream.frames():
+        kind = frame["type"]
+        if kind == "words":
+            for word in frame["words"]:
+                print(json.dumps(word) if jsonl else word["text"], end="\n" if jsonl else " ", flush=True)
+        elif kind == "final":
+            if not jsonl:
+                print()
+            print(f"[final] {len(frame['words'])} words", file=sys.stderr)
+            return 0
+        elif kind == "error":
+            print(f"\nerror: {frame['code']}: {frame['message']}", file=sys.stderr)
+            return 1
+    print("\nerror: the connection closed before the final transcript", file=sys.stderr)
+    return 1
+
+
+async def stream_file(args: argparse.Namespace) -> int:
+    samples = read_audio_file(args.file)
+    async with CaptionStream(args.url, language=args.language, api_key=args.key) as stream:
+        print(f"[session {stream.session_id}] {len(samples) / SAMPLE_RATE:.1f} s of audio", file=sys.stderr)
+        sender = asyncio.create_task(send_realtime(stream, pcm_chunks(samples, args.chunk_s), args.chunk_s, args.speed))
+        status = await caption(stream, args.jsonl)
+        sender.cancel()
+        return status
+
+
+async def stream_mic(args: argparse.Namespace) -> int:
+    import sounddevice  # optional dependency: pip install .[mic]
+
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def on_audio(data: np.ndarray, frames: int, when: object, status: object) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, bytes(data))
+
+    async with CaptionStream(args.url, language=args.language, api_key=args.key) as stream:
+        print(f"[session {stream.session_id}] listening; Ctrl-C ends the stream", file=sys.stderr)
+
+        async def pump() -> None:
+            with sounddevice.RawInputStream(samplerate=SAMPLE_RATE, channels=1, dtype="int16",
+                                            blocksize=int(SAMPLE_RATE * args.chunk_s), callback=on_audio):
+                try:
+                    while True:
+                        await stream.send_audio(await queue.get())
+                except asyncio.CancelledError:
+                    await stream.end()
+
+        sender = asyncio.create_task(pump())
+        try:
+            return await caption(stream, args.jsonl)
+        finally:
+            sender.cancel()
+
+
+def transcribe(args: argparse.Namespace) -> int:
+    url = args.url.rstrip("/") + "/v1/transcribe" + (f"?language={args.language}" if args.language else "")
+    request = urllib.request.Request(url, data=args.file.read_bytes(), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=3600) as response:
+            result = json.load(response)
+    except urllib.error.HTTPError as exc:
+        result = json.load(exc)
+    print(json.dumps(result, indent=2))
+    return 0 if "error" not in result else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m client", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("stream", "mic"):
+        p = sub.add_parser(name)
+        if name == "stream":
+            p.add_argument("file", type=Path)
+            p.add_argument("--speed", type=float, default=1.0, help="x real time (1 = live pace)")
+        p.add_argument("--url", default=DEFAULT_WS)
+        p.add_argument("--language", default=None, help="auto (default) or a code such as en")
+        p.add_argument("--chunk-s", type=float, default=0.1)
+        p.add_argument("--key", default=None, help="API key (Authorization: Bearer)")
+        p.add_argument("--jsonl", action="store_true", help="one JSON object per word")
+    p = sub.add_parser("transcribe")
+    p.add_argument("file", type=Path)
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--language", default=None)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "transcribe":
+            return transcribe(args)
+        return asyncio.run(stream_file(args) if args.command == "stream" else stream_mic(args))
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The service's config tree: the app `args` of serve_config.yaml, validated.
+
+    args:
+      model: models/tiny-en        # hub id or directory (make run MODEL=...)
+      gpus_per_replica: 1          # 0 on machines without GPUs (see app.py)
+      cpus_per_replica: 1
+      engine: {...}                # engine.config.EngineConfig
+      ingest: {...}                # IngestConfig below
+
+Unknown keys are errors, as in EngineConfig.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.config import EngineConfig
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Limits of one ingest stream (see README: backpressure)."""
+
+    # Largest WebSocket frame accepted (msgpack bytes).
+    max_frame_bytes: int = 256 * 1024
+    # Audio received but not yet accepted by the model replica; beyond it: `overloaded`.
+    max_pending_s: float = 10.0
+    # Uncommitted audio kept for re-homing; older audio is dropped (the engine would have too).
+    max_replay_s: float = 30.0
+    # Most audio sent to the model replica in one call.
+    max_send_s: float = 2.0
+    # A dropped socket's session may be resumed this long.
+    resume_grace_s: float = 30.0
+    # One long-poll for events waits at most this long on the model replica.
+    poll_wait_s: float = 0.5
+    # Re-homing attempts in a row before the stream fails with `unavailable`.
+    max_rehomes: int = 5
+
+    def __post_init__(self) -> None:
+        for name in ("max_pending_s", "max_replay_s", "max_send_s", "resume_grace_s", "poll_wait_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ingest.{name} must be > 0")
+        if self.max_frame_bytes < 1024 or self.max_rehomes < 1:
+            raise ValueError("ingest.max_frame_bytes must be >= 1024 and ingest.max_rehomes >= 1")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    model: str = "models/tiny-en"
+    gpus_per_replica: float = 1.0
+    # Logical CPUs a model replica reserves (its loop thread; tokenisation, features).
+    cpus_per_replica: float = 1.0
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> ServiceConfig:
+        unknown = set(args) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown app args: {sorted(unknown)}")
+        model = str(args.get("model", cls.model))
+        engine = EngineConfig.from_dict({**args.get("engine", {}), "model": model})
+        ingest_args = args.get("ingest", {})
+        bad = set(ingest_args) - {f.name for f in dataclasses.fields(IngestConfig)}
+        if bad:
+            raise ValueError(f"unknown ingest config keys: {sorted(bad)}")
+        gpus = float(args.get("gpus_per_replica", cls.gpus_per_replica))
+        cpus = float(args.get("cpus_per_replica", cls.cpus_per_replica))
+        if gpus < 0 or cpus < 0:
+            raise ValueError("gpus_per_replica and cpus_per_replica must be >= 0")
+        return cls(model, gpus, cpus, engine, IngestConfig(**ingest_args))

@@ -1,0 +1,256 @@
+"""The ingest deployment: Starlette ASGI app as Serve ingress, CPU only.
+
+    WebSocket /v1/stream     msgpack frames (docs/protocol.md)
+    POST      /v1/transcribe a whole audio file -> JSON transcript
+    GET       /healthz
+
+Each socket holds one max_ongoing_requests slot for its life, so ingest
+replicas are sized for many sockets in serve_config.yaml. Sessions whose
+socket dropped stay here for `resume_grace_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import secrets
+from typing import Any
+
+import numpy as np
+import soundfile
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from deployments import protocol
+from deployments.audio_in import AudioDecoder
+from deployments.config import ServiceConfig
+from deployments.metrics import IngestMetrics
+from deployments.relay import Relay, RelayError
+from deployments.session import Session
+from engine.audio import resample
+from engine.errors import BadAudioError
+from engine.features import SAMPLE_RATE
+
+log = logging.getLogger("ray.serve")
+
+# WebSocket close codes (RFC 6455): normal, policy violation, too big, internal, try again later.
+CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_INTERNAL, CLOSE_RETRY = 1000, 1008, 1009, 1011, 1013
+_CLOSE_FOR = {"frame_too_large": CLOSE_TOO_BIG, "overloaded": CLOSE_RETRY, "unavailable": CLOSE_RETRY,
+              "internal": CLOSE_INTERNAL}
+# Largest file POST /v1/transcribe accepts.
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+_HTTP_STATUS = {"overloaded": 503, "unavailable": 503, "internal": 500, "too_large": 413}
+
+
+@serve.deployment(name="Ingest")
+@serve.ingress()
+class Ingest:
+    def __init__(self, model: DeploymentHandle, args: dict[str, Any]) -> None:
+        self.cfg = ServiceConfig.from_args(args)
+        self.model = model
+        self.metrics = IngestMetrics()
+        # Sessions by id: live ones and, for resume_grace_s, those whose socket dropped.
+        self.sessions: dict[str, Relay] = {}
+        self.open_sockets = 0
+
+    def __serve_build_asgi_app__(self) -> Starlette:
+        return Starlette(routes=[
+            WebSocketRoute("/v1/stream", self.stream),
+            Route("/v1/transcribe", self.transcribe, methods=["POST"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+        ])
+
+    async def healthz(self, request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "sessions": len(self.sessions)})
+
+    # ------------------------------------------------------------ WebSocket
+    async def stream(self, ws: WebSocket) -> None:
+        await ws.accept()
+        send_lock = asyncio.Lock()
+
+        async def sink(frame: bytes) -> None:
+            async with send_lock:
+                await ws.send_bytes(frame)
+
+        self.open_sockets += 1
+        self.metrics.sockets.set(self.open_sockets)
+        relay: Relay | None = None
+        try:
+            relay, decoder = await self._handshake(ws, sink)
+            await self._pump(ws, relay, decoder)
+        except (protocol.ProtocolError, RelayError) as exc:
+            await self._fail(ws, sink, exc.code, str(exc), relay)
+            return
+        except WebSocketDisconnect:
+            if relay is not None and not relay.done.is_set():
+                self._park(relay)
+            return
+        finally:
+            self.open_sockets -= 1
+            self.metrics.sockets.set(self.open_sockets)
+        if relay.done.is_set():
+            self._forget(relay)
+            code = CLOSE_NORMAL if relay.failure is None else _CLOSE_FOR.get(relay.failure.code, CLOSE_POLICY)
+            await ws.close(code)
+
+    async def _handshake(self, ws: WebSocket, sink) -> tuple[Relay, AudioDecoder]:
+        frame = protocol.parse_client_frame(await _receive(ws), self.cfg.ingest.max_frame_bytes)
+        if not isinstance(frame, protocol.Start):
+            raise protocol.ProtocolError("bad_frame", "the first frame must be 'start'")
+        decoder = AudioDecoder(frame.sample_rate, frame.encoding, self.cfg.engine.max_chunk_s)
+        if frame.resume is not None:
+            relay = self._resume(frame.resume)
+        else:
+            relay = Relay(Session(frame.language, self.cfg.ingest.max_replay_s), self.model, self.cfg.ingest,
+                          self.metrics)
+            await relay.start()
+            self.sessions[relay.session.session_id] = relay
+        session = relay.session
+        await sink(protocol.pack("ready", session_id=session.session_id, resume_token=session.resume_token))
+        await relay.attach(sink)
+        log.info("session %s: socket attached (%s)", session.session_id, "resumed" if frame.resume else "new")
+        return relay, decoder
+
+    def _resume(self, resume: protocol.Resume) -> Relay:
+        relay = self.sessions.get(resume.session_id)
+        if relay is None or not secrets.compare_digest(relay.session.resume_token, resume.token):
+            raise protocol.ProtocolError("resume_failed", "no resumable session with this id and token")
+        if relay.sink is not None:
+            raise protocol.ProtocolError("resume_failed", "the session is attached to another socket")
+        return relay
+
+    async def _pump(self, ws: WebSocket, relay: Relay, decoder: AudioDecoder) -> None:
+        """Client frames -> relay, until the relay is done (final or failure)."""
+        done = asyncio.ensure_future(relay.done.wait())
+        try:
+            while True:
+                receive = asyncio.ensure_future(_receive(ws))
+                await asyncio.wait({receive, done}, return_when=asyncio.FIRST_COMPLETED)
+                if done.done():
+                    receive.cancel()
+                    relay.stop_tasks()
+                    return
+                try:
+                    frame = protocol.parse_client_frame(receive.result(), self.cfg.ingest.max_frame_bytes)
+                except protocol.ProtocolError as exc:
+                    if exc.fatal:
+                        raise
+                    self.metrics.errors.inc(tags={"code": exc.code})
+                    await relay.sink(protocol.error_frame(exc.code, str(exc)))
+                    continue
+                if isinstance(frame, protocol.Audio):
+                    try:
+                        samples = decoder.decode(frame.data)
+                    except BadAudioError as exc:
+                        raise RelayError(exc.code, str(exc)) from exc
+                    if len(samples):
+                        relay.push_audio(samples)
+                        self.metrics.audio_s.inc(len(samples) / SAMPLE_RATE)
+                elif isinstance(frame, protocol.End):
+                    relay.end()
+                else:
+                    raise protocol.ProtocolError("bad_frame", "'start' was already sent")
+        finally:
+            done.cancel()
+
+    async def _fail(self, ws: WebSocket, sink, code: str, message: str, relay: Relay | None) -> None:
+        log.warning("stream %s: %s: %s", relay.session.session_id if relay else "-", code, message)
+        self.metrics.errors.inc(tags={"code": code})
+        try:
+            await sink(protocol.error_frame(code, message))
+            await ws.close(_CLOSE_FOR.get(code, CLOSE_POLICY))
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the client is already gone; nothing left to tell it
+        if relay is not None:
+            self._forget(relay)
+            if not relay.done.is_set():
+                await relay.abort()
+
+    def _park(self, relay: Relay) -> None:
+        """The socket dropped mid-stream: keep the session for resume_grace_s."""
+        relay.detach()
+        log.info("session %s: socket dropped, resumable for %.0f s", relay.session.session_id,
+                 self.cfg.ingest.resume_grace_s)
+
+        async def expire() -> None:
+            await asyncio.sleep(self.cfg.ingest.resume_grace_s)
+            if relay.sink is None and relay.session.session_id in self.sessions:
+                log.info("session %s: not resumed, dropped", relay.session.session_id)
+                self._forget(relay)
+                if not relay.done.is_set():
+                    await relay.abort()
+
+        asyncio.get_running_loop().create_task(expire())
+
+    def _forget(self, relay: Relay) -> None:
+        self.sessions.pop(relay.session.session_id, None)
+
+    # ------------------------------------------------------------ whole file
+    async def transcribe(self, request: Request) -> JSONResponse:
+        body = await request.body()
+        if len(body) > MAX_UPLOAD_BYTES:
+            return _error_response("too_large", f"upload exceeds {MAX_UPLOAD_BYTES} bytes")
+        try:
+            samples = _read_audio(body)
+        except BadAudioError as exc:
+            return _error_response(exc.code, str(exc))
+        language = request.query_params.get("language")
+        relay = Relay(Session(None if language in (None, "auto") else language, self.cfg.ingest.max_replay_s),
+                      self.model, self.cfg.ingest, self.metrics)
+        try:
+            await relay.start()
+            await _feed_file(relay, samples, self.cfg.ingest.max_pending_s)
+            await relay.done.wait()
+        except RelayError as exc:
+            return _error_response(exc.code, str(exc))
+        finally:
+            relay.stop_tasks()
+        if relay.failure is not None:
+            return _error_response(relay.failure.code, str(relay.failure))
+        session = relay.session
+        return JSONResponse({
+            "session_id": session.session_id,
+            "text": " ".join(w.text for w in session.words),
+            "words": [w.as_dict() for w in session.words],
+            "language": session.detected_language,
+            "audio_s": round(len(samples) / SAMPLE_RATE, 3),
+        })
+
+
+async def _receive(ws: WebSocket) -> bytes | str | None:
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    return message.get("bytes") if message.get("bytes") is not None else message.get("text")
+
+
+async def _feed_file(relay: Relay, samples: np.ndarray, max_pending_s: float) -> None:
+    """Push a whole file as fast as the model takes it, keeping under the pending bound."""
+    step = int(SAMPLE_RATE * max_pending_s / 4)
+    for begin in range(0, len(samples), step):
+        while relay.session.pending_s > max_pending_s / 2 and not relay.done.is_set():
+            await asyncio.sleep(0.05)
+        if relay.done.is_set():
+            return
+        relay.push_audio(samples[begin : begin + step])
+    relay.end()
+
+
+def _read_audio(body: bytes) -> np.ndarray:
+    try:
+        data, rate = soundfile.read(io.BytesIO(body), dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError) as exc:
+        raise BadAudioError(f"cannot read the uploaded audio: {exc}") from exc
+    if len(data) == 0:
+        raise BadAudioError("the uploaded audio is empty")
+    return np.clip(resample(data.mean(axis=1), rate), -1.0, 1.0)
+
+
+def _error_response(code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=_HTTP_STATUS.get(code, 400))

@@ -1,0 +1,54 @@
+"""Prometheus metrics (ray.serve.metrics: exported with a `ray_` prefix and
+deployment/replica tags through Ray's metrics agent)."""
+
+from __future__ import annotations
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+from engine.events import FinalEvent, StepResult, WordsEvent
+
+# Steps are planned every min_step_s (0.5 s) of audio: buckets around that budget.
+STEP_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0]
+LAG_BUCKETS_S = [0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0]
+BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64]
+
+
+class ModelMetrics:
+    """Figures of one model replica's loop."""
+
+    def __init__(self) -> None:
+        self.open_streams = Gauge("asr_open_streams", description="Streams open on this model replica.")
+        self.step_latency = Histogram(
+            "asr_step_latency_s", description="Wall time of one scheduler step.", boundaries=STEP_BUCKETS_S
+        )
+        self.batch_size = Histogram("asr_batch_size", description="Streams in one model step.", boundaries=BATCH_BUCKETS)
+        self.audio_s = Counter("asr_audio_seconds", description="Seconds of audio decoded.")
+        self.word_lag = Histogram(
+            "asr_word_lag_s",
+            description="Audio received after a word ended before it was committed (seconds of audio).",
+            boundaries=LAG_BUCKETS_S,
+        )
+
+    def observe(self, result: StepResult, open_streams: int) -> None:
+        self.open_streams.set(open_streams)
+        if not result.stats.batch:
+            return
+        self.step_latency.observe(result.stats.total_s)
+        self.batch_size.observe(result.stats.batch)
+        self.audio_s.inc(result.stats.audio_s)
+        for event in result.events:
+            if isinstance(event, WordsEvent | FinalEvent):
+                for word in event.words:
+                    self.word_lag.observe(max(0.0, event.emitted_at - word.end))
+
+
+class IngestMetrics:
+    """Figures of one ingest replica."""
+
+    def __init__(self) -> None:
+        self.sockets = Gauge("ingest_open_sockets", description="WebSocket streams open on this ingest replica.")
+        self.errors = Counter(
+            "ingest_errors", description="Error frames sent, by code.", tag_keys=("code",)
+        )
+        self.rehomes = Counter("ingest_rehomes", description="Streams moved to another model replica.")
+        self.audio_s = Counter("ingest_audio_seconds", description="Seconds of client audio received.")

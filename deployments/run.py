@@ -1,0 +1,128 @@
+"""`make run`: a local Ray, the app from serve_config.yaml, and where to connect.
+
+    python -m deployments.run [--config serve_config.yaml] [--model MODEL] [--metrics-port 9090]
+
+The model is explicit: a directory that does not exist is a start-up error
+naming MODEL (never a fallback to another model); a hub id that cannot be
+loaded fails the model replicas, which fails the deployment and this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+APP = "captions"
+
+
+class StartupError(Exception):
+    pass
+
+
+def load_config(path: Path, model: str | None) -> dict[str, Any]:
+    """serve_config.yaml as a dict, with the captions app's model replaced by `model`."""
+    config = yaml.safe_load(path.read_text())
+    if model is not None:
+        config = copy.deepcopy(config)
+        app_config(config)["args"]["model"] = model
+    return config
+
+
+def app_config(config: dict[str, Any]) -> dict[str, Any]:
+    return next(a for a in config["applications"] if a["name"] == APP)
+
+
+def check_model(model: str) -> None:
+    """A local path must be a model directory; anything else is taken as a hub id."""
+    path = Path(model)
+    local = path.exists() or model.startswith((".", "/", "~")) or model.startswith("models/")
+    if local and not (path / "config.json").is_file():
+        hint = " (the bundled model is built by `make tiny-en`)" if model.rstrip("/") == "models/tiny-en" else ""
+        raise StartupError(
+            f"MODEL={model}: no model directory there{hint}. Pass MODEL=<model dir or hub id>, "
+            "e.g. `make run MODEL=Qwen/Qwen3-ASR-1.7B` or a checkpoint from `python -m engine.tiny build DIR`."
+        )
+
+
+def deploy(config: dict[str, Any], timeout_s: float = 600.0) -> None:
+    """Deploy `config` on the connected Ray and wait until it runs; StartupError if it fails."""
+    from ray import serve
+    from ray.serve._private import api as serve_api
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    # The same two calls `serve run CONFIG` makes (ray/serve/scripts.py): the public
+    # serve.run takes an Application, not a config file with per-deployment options.
+    client = serve_api.serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
+    client.deploy_apps(schema, _blocking=False)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(APP)
+        if status is not None and status.status == "RUNNING":
+            return
+        if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            details = "; ".join(f"{name}: {d.message}" for name, d in status.deployments.items() if d.message)
+            raise StartupError(f"the {APP} app failed to start: {status.message or details}")
+        time.sleep(1.0)
+    raise StartupError(f"the {APP} app did not start within {timeout_s:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deployments.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("serve_config.yaml"))
+    parser.add_argument("--model", default=None, help="hub id or model directory (default: the config's)")
+    parser.add_argument("--metrics-port", type=int, default=9090)
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.model)
+    model = app_config(config)["args"]["model"]
+    try:
+        check_model(model)
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # Model replicas push their open-stream counts this often (Ray's default is 10 s).
+    os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "2")
+    import ray
+    from ray import serve
+
+    ray.init(namespace="serve", _metrics_export_port=args.metrics_port)
+    try:
+        deploy(config)
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        serve.shutdown()
+        ray.shutdown()
+        return 1
+    http = config.get("http_options", {})
+    base = f"{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+    print(
+        f"\ncaptions service running with MODEL={model}\n"
+        f"  stream:     ws://{base}/v1/stream   (python -m client stream FILE.wav --url ws://{base}/v1/stream)\n"
+        f"  file:       curl --data-binary @FILE.wav http://{base}/v1/transcribe\n"
+        f"  health:     http://{base}/healthz\n"
+        f"  metrics:    http://127.0.0.1:{args.metrics_port}/metrics\n"
+        "Ctrl-C stops it.",
+        flush=True,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while True:
+            time.sleep(3600)
+    except (KeyboardInterrupt, SystemExit):
+        print("stopping", flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

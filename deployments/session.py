@@ -1,0 +1,124 @@
+"""What the ingest keeps per stream to re-home it and to resume a dropped socket.
+
+Times: the session's own clock, seconds of 16 kHz audio received. A model
+replica's stream (an "incarnation") starts at `offset_s` of that clock; its
+word times are shifted by it. The replay buffer holds the audio after the
+last committed word: on re-homing it is fed to a new incarnation whose
+prompt context is the committed text, so words neither vanish nor repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.features import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionWord:
+    text: str
+    start: float
+    end: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "start": round(self.start, 3), "end": round(self.end, 3)}
+
+
+@dataclass
+class Session:
+    """One client stream as the ingest sees it (plain state; the ingest drives it)."""
+
+    language: str | None
+    max_replay_s: float
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    resume_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # Every committed word, session times; `delivered` of them reached the client.
+    words: list[SessionWord] = field(default_factory=list)
+    delivered: int = 0
+    detected_language: str | None = None
+    # Audio after the last committed word: samples [replay_start, received) of the session.
+    replay: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    replay_start: int = 0
+    received: int = 0
+    # Samples of the session the current incarnation has accepted (it starts at `offset`).
+    sent: int = 0
+    offset: int = 0
+    incarnation: int = 0
+    # The client sent `end`; `finished` once the final words are in.
+    ended: bool = False
+    finished: bool = False
+    rehomes: int = 0
+
+    @property
+    def stream_key(self) -> str:
+        """The engine stream id (and router session key) of the current incarnation."""
+        return f"{self.session_id}.{self.incarnation}"
+
+    @property
+    def pending_s(self) -> float:
+        """Audio received but not yet accepted by the model replica."""
+        return (self.received - self.sent) / SAMPLE_RATE
+
+    def add_audio(self, samples: np.ndarray) -> None:
+        self.replay = np.concatenate([self.replay, samples])
+        self.received += len(samples)
+        excess = len(self.replay) - int(self.max_replay_s * SAMPLE_RATE)
+        if excess > 0:
+            # The engine force-trims such a buffer too; replaying more would only repeat that.
+            log.warning("session %s: %.1f s without a committed word, replay buffer trimmed",
+                        self.session_id, excess / SAMPLE_RATE)
+            self._drop_replay(excess)
+            self.sent = max(self.sent, self.replay_start)
+
+    def unsent(self, max_samples: int) -> np.ndarray:
+        """The next audio to send to the current incarnation."""
+        begin = self.sent - self.replay_start
+        return self.replay[begin : begin + max_samples]
+
+    def mark_sent(self, n: int) -> None:
+        self.sent += n
+
+    def add_words(self, words: list[dict[str, Any]], language: str | None) -> list[SessionWord]:
+        """Words of the current incarnation (its times) -> session words; advances the replay cut."""
+        shift = self.offset / SAMPLE_RATE
+        new = [SessionWord(w["text"], w["start"] + shift, w["end"] + shift) for w in words]
+        self.words.extend(new)
+        self.detected_language = language or self.detected_language
+        if new:
+            cut = min(int(round(new[-1].end * SAMPLE_RATE)), self.sent)
+            if cut > self.replay_start:
+                self._drop_replay(cut - self.replay_start)
+        return new
+
+    def undelivered(self) -> list[SessionWord]:
+        words = self.words[self.delivered :]
+        self.delivered = len(self.words)
+        return words
+
+    def rehome(self) -> None:
+        """Start a new incarnation: replay everything after the last committed word."""
+        self.incarnation += 1
+        self.rehomes += 1
+        self.offset = self.sent = self.replay_start
+        log.info("session %s: re-homing as %s, replaying %.2f s after %d committed words",
+                 self.session_id, self.stream_key, len(self.replay) / SAMPLE_RATE, len(self.words))
+
+    def context(self) -> str:
+        """Committed text, the new incarnation's prompt context (the engine keeps its tail)."""
+        return " ".join(w.text for w in self.words[-64:])
+
+    def language_hint(self) -> str | None:
+        """A re-homed stream keeps the language already detected."""
+        return self.language or self.detected_language
+
+    def _drop_replay(self, n: int) -> None:
+        self.replay = self.replay[n:]
+        self.replay_start += n
