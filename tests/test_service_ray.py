@@ -1,0 +1,277 @@
+"""The service on a real local Ray: real HTTP proxy, real WebSockets, real replicas.
+
+One Ray cluster and one deployment for the whole module (start-up is the
+slow part on 2 cores). The model deployment autoscales between 2 and 3
+replicas on open streams (target 2 per replica); the scale-up test runs last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import soundfile
+
+from client.stream import CaptionStream, pcm_chunks, send_realtime
+from deployments.run import APP, app_config, deploy, load_config
+
+from .conftest import noise
+
+PORT = 18_765
+WS_URL = f"ws://127.0.0.1:{PORT}/v1/stream"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("service") / "noise.wav"
+    soundfile.write(str(path), noise(6.0, seed=11), 16_000, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def service(tiny_dir: Path):
+    """Ray + Serve + the captions app with a tiny random model, shared by this module."""
+    os.environ["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "1"
+    import ray
+    from ray import serve
+
+    config = load_config(REPO / "serve_config.yaml", str(tiny_dir))
+    config["http_options"]["port"] = PORT
+    app = app_config(config)
+    # Steps of exactly min_step_s make the words independent of arrival timing (parity with the CLI).
+    app["args"]["engine"]["max_step_s"] = app["args"]["engine"]["min_step_s"]
+    model = next(d for d in app["deployments"] if d["name"] == "ASRModel")
+    model["autoscaling_config"].update(
+        min_replicas=2, max_replicas=3, upscale_delay_s=1, downscale_delay_s=600,
+        policy={**model["autoscaling_config"]["policy"], "policy_kwargs": {"target_streams_per_replica": 2}},
+    )
+    ray.init(address="local", num_cpus=8, namespace="serve", include_dashboard=False, log_to_driver=False)
+    try:
+        deploy(config, timeout_s=300)
+        yield serve
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def model_replicas(serve) -> int:
+    status = serve.status().applications[APP].deployments["ASRModel"]
+    return status.replica_states.get("RUNNING", 0)
+
+
+async def stream_file(path: Path, speed: float, language: str = "en", on_words=None) -> tuple[list[dict], dict]:
+    """Stream a wav through the service; (words from `words` frames, the final frame)."""
+    samples, _ = soundfile.read(str(path), dtype="float32")
+    words: list[dict] = []
+    async with CaptionStream(WS_URL, language=language) as stream:
+        sender = asyncio.create_task(send_realtime(stream, pcm_chunks(samples, 0.1), 0.1, speed))
+        async for frame in stream.frames():
+            assert frame["type"] != "error", frame
+            if frame["type"] == "words":
+                words += frame["words"]
+                if on_words is not None:
+                    on_words(stream, words)
+            if frame["type"] == "final":
+                await sender
+                return words, frame
+    raise AssertionError("socket closed without a final frame")
+
+
+def cli_words(path: Path, model: Path) -> list[dict]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.transcribe", str(path), "--model", str(model), "--language", "en",
+         "--chunk-ms", "100", "--jsonl"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    return [{k: w[k] for k in ("text", "start", "end")} for w in lines if "type" not in w]
+
+
+async def raw_exchange(frames: list[bytes | str]) -> list[dict]:
+    """Send frames on a fresh socket; every server frame until it closes (or 20 s)."""
+    import websockets
+
+    got = []
+    async with websockets.connect(WS_URL) as ws:
+        for f in frames:
+            await ws.send(f)
+
+        async def read() -> None:
+            async for raw in ws:
+                got.append(msgpack.unpackb(raw))
+
+        try:
+            await asyncio.wait_for(read(), 20)
+        except websockets.ConnectionClosed:
+            pass
+    return got
+
+
+def start_frame(**overrides) -> bytes:
+    fields = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "language": "en", **overrides}
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def audio_frame(data: bytes) -> bytes:
+    return msgpack.packb({"type": "audio", "data": data}, use_bin_type=True)
+
+
+def test_killed_model_replica_loses_no_committed_word(service, wav: Path) -> None:
+    """Two streams on the two replicas; one replica is killed after the first words arrive.
+
+    First in the module: with no earlier sessions the router puts the two
+    streams on different replicas, so whichever replica dies held one.
+    """
+    import ray
+
+    killed: list[str] = []
+    before_kill: dict[int, list[dict]] = {}
+
+    def kill_once(stream, words) -> None:
+        if killed:
+            return
+        for name in ray.util.list_named_actors(all_namespaces=True):
+            if name["name"].startswith(f"SERVE_REPLICA::{APP}#ASRModel#"):
+                ray.kill(ray.get_actor(name["name"], namespace=name["namespace"]), no_restart=True)
+                killed.append(name["name"])
+                break
+        before_kill.update({id(stream): list(words)})
+
+    async def run():
+        return await asyncio.gather(stream_file(wav, 1.0, on_words=kill_once), stream_file(wav, 1.0))
+
+    results = asyncio.run(run())
+    assert killed
+    assert sum(final["rehomes"] for _, final in results) >= 1, "one stream lived on the killed replica"
+    for words, final in results:
+        # Every committed word reached the client once, in order, and is in the final transcript.
+        assert final["words"] == words
+        assert final["text"] == " ".join(w["text"] for w in words)
+    for prefix in before_kill.values():
+        assert any(words[: len(prefix)] == prefix for words, _ in results)
+
+
+def test_websocket_words_equal_engine_cli_while_bad_streams_fail(service, wav: Path, tiny_dir: Path) -> None:
+    """One good stream through the proxy gives the CLI's words; bad frames on other sockets get their codes."""
+    pcm = (noise(1.0, seed=2) * 32767).astype("<i2").tobytes()
+    bad_cases = {
+        "bad_frame": [start_frame(), "a text frame"],
+        "unsupported_encoding": [start_frame(encoding="mp3")],
+        "frame_too_large": [start_frame(), audio_frame(b"\x00" * (300 * 1024))],
+        "bad_audio": [start_frame(), audio_frame(b"\x00\x01\x02")],
+        "no_start": [audio_frame(pcm)],
+        "unknown_type": [start_frame(), msgpack.packb({"type": "subtitles"}), audio_frame(pcm),
+                         msgpack.packb({"type": "end"})],
+    }
+
+    async def run():
+        good = asyncio.create_task(stream_file(wav, speed=2.0))
+        results = await asyncio.gather(*(raw_exchange(f) for f in bad_cases.values()))
+        return await good, dict(zip(bad_cases, results))
+
+    (words, final), bad = asyncio.run(run())
+    expected = cli_words(wav, tiny_dir)
+    assert expected, "the random model commits words on this clip"
+    assert words == expected
+    assert final["text"] == " ".join(w["text"] for w in expected) and final["words"] == expected
+
+    def codes(frames: list[dict]) -> list[str]:
+        return [f["code"] for f in frames if f["type"] == "error"]
+
+    assert codes(bad["bad_frame"]) == ["bad_frame"]
+    assert codes(bad["unsupported_encoding"]) == ["unsupported_encoding"]
+    assert codes(bad["frame_too_large"]) == ["frame_too_large"]
+    assert codes(bad["bad_audio"]) == ["bad_audio"]
+    assert codes(bad["no_start"]) == ["bad_frame"]
+    # Unknown types are answered and skipped: the stream still ends with its final frame.
+    assert codes(bad["unknown_type"]) == ["unknown_type"]
+    assert bad["unknown_type"][-1]["type"] == "final"
+
+
+def test_dropped_socket_resumes_and_gets_missed_words(service, wav: Path) -> None:
+    samples, _ = soundfile.read(str(wav), dtype="float32")
+
+    async def run():
+        stream = CaptionStream(WS_URL, language="en")
+        async with stream:
+            for chunk in pcm_chunks(samples, 0.5):
+                await stream.send_audio(chunk)
+            await stream.end()
+        # The socket is gone before any words were read; the session goes on without it.
+        await asyncio.sleep(3.0)
+        resumed = CaptionStream(WS_URL, language="en",
+                                resume={"session_id": stream.session_id, "token": stream.resume_token})
+        words, final = [], None
+        async with resumed:
+            assert resumed.session_id == stream.session_id
+            async for frame in resumed.frames():
+                if frame["type"] == "words":
+                    words += frame["words"]
+                final = frame
+        return words, final
+
+    words, final = asyncio.run(run())
+    assert final["type"] == "final" and words and final["words"] == words
+
+    async def bad_token():
+        return await raw_exchange([start_frame(resume={"session_id": "nope", "token": "x"})])
+
+    assert [f["code"] for f in asyncio.run(bad_token()) if f["type"] == "error"] == ["resume_failed"]
+
+
+def test_healthz_and_transcribe(service, wav: Path, tiny_dir: Path) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/healthz", timeout=30) as response:
+        assert json.load(response)["status"] == "ok"
+    request = urllib.request.Request(f"http://127.0.0.1:{PORT}/v1/transcribe?language=en",
+                                     data=wav.read_bytes(), method="POST")
+    with urllib.request.urlopen(request, timeout=120) as response:
+        result = json.load(response)
+    assert result["words"] and result["audio_s"] == pytest.approx(6.0)
+
+
+def test_streams_stay_put_when_a_replica_is_added(service) -> None:
+    """6 open streams on 2 replicas (target 2 per replica) scale the model to 3; none moves."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("ASRModel", app_name=APP)
+    keys = [f"affinity-{i}" for i in range(6)]
+    chunk = noise(0.5, seed=1)
+
+    async def call(method: str, key: str, *args):
+        return await getattr(handle.options(session_id=key), method).remote(key, *args)
+
+    async def run():
+        deadline = time.monotonic() + 120
+        while model_replicas(service) != 2:  # the killed replica's replacement
+            assert time.monotonic() < deadline
+            await asyncio.sleep(1.0)
+        opened = {k: (await call("open", k, "en", ""))["replica"] for k in keys}
+        assert len(set(opened.values())) == 2
+        deadline = time.monotonic() + 120
+        while model_replicas(service) < 3:
+            assert time.monotonic() < deadline, "no third replica within 120 s"
+            for k in keys:  # keep the streams alive (polled) while waiting
+                await call("poll", k, 0.0)
+            await asyncio.sleep(1.0)
+        fed = {k: await call("feed", k, chunk) for k in keys}
+        new = (await call("open", "affinity-new", "en", ""))["replica"]
+        for k in keys + ["affinity-new"]:
+            await call("abort", k)
+        return opened, fed, new
+
+    opened, fed, new = asyncio.run(run())
+    for key in keys:
+        assert "error" not in fed[key], fed[key]
+        assert fed[key]["replica"] == opened[key]
+    assert new not in set(opened.values()), "a new stream goes to the new, least-loaded replica"

@@ -1,0 +1,125 @@
+"""Service parts without Ray running: wire format, session bookkeeping, autoscaling, replica loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgpack
+import numpy as np
+import pytest
+
+from deployments.autoscaling import OpenStreamsPolicy, desired_replicas
+from deployments.config import ServiceConfig
+from deployments.protocol import Audio, End, ProtocolError, Start, parse_client_frame
+from deployments.replica_loop import ReplicaLoop
+from deployments.session import Session
+
+from .conftest import noise
+
+LIMIT = 1024 * 64
+
+
+def frame(**fields) -> bytes:
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def test_client_frames_parse() -> None:
+    start = parse_client_frame(frame(type="start", sample_rate=48000, encoding="pcm_f32le", language="auto",
+                                     resume={"session_id": "s", "token": "t"}), LIMIT)
+    assert isinstance(start, Start) and start.sample_rate == 48000 and start.language is None
+    assert start.resume is not None and start.resume.session_id == "s"
+    assert parse_client_frame(frame(type="audio", data=b"\x00\x01"), LIMIT) == Audio(b"\x00\x01")
+    assert isinstance(parse_client_frame(frame(type="end"), LIMIT), End)
+
+
+@pytest.mark.parametrize(
+    "raw, code, fatal",
+    [
+        ("text frame", "bad_frame", True),
+        (b"\xc1not msgpack", "bad_frame", True),
+        (msgpack.packb([1, 2]), "bad_frame", True),
+        (frame(type="audio", data="a string"), "bad_frame", True),
+        (frame(type="start", sample_rate=16000, encoding="mp3"), "unsupported_encoding", True),
+        (frame(type="start", sample_rate=0, encoding="pcm_s16le"), "bad_frame", True),
+        (frame(type="start", sample_rate=16000, encoding="pcm_s16le", resume={"session_id": 1}), "bad_frame", True),
+        (frame(type="audio", data=b"\x00" * (LIMIT + 1)), "frame_too_large", True),
+        (frame(type="subtitles"), "unknown_type", False),
+    ],
+)
+def test_bad_frames_get_stable_codes(raw, code: str, fatal: bool) -> None:
+    with pytest.raises(ProtocolError) as err:
+        parse_client_frame(raw, LIMIT)
+    assert err.value.code == code and err.value.fatal is fatal
+
+
+def test_session_replays_only_uncommitted_audio_and_shifts_times() -> None:
+    session = Session(language="en", max_replay_s=30.0)
+    session.add_audio(np.zeros(16000 * 3, np.float32))
+    session.mark_sent(16000 * 3)
+    session.add_words([{"text": "a", "start": 0.5, "end": 1.0}, {"text": "b", "start": 1.0, "end": 1.5}], "en")
+    assert session.replay_start == 24000 and len(session.replay) == 24000
+    first_key = session.stream_key
+    session.rehome()
+    assert session.stream_key != first_key and session.offset == session.sent == 24000
+    assert session.context() == "a b"
+    assert len(session.unsent(10**9)) == 24000
+    # The new incarnation's times start at the cut.
+    new = session.add_words([{"text": "c", "start": 0.2, "end": 0.6}], None)
+    assert new[0].start == pytest.approx(1.7) and new[0].end == pytest.approx(2.1)
+    assert [w.text for w in session.undelivered()] == ["a", "b", "c"]
+    assert session.undelivered() == []
+
+
+def test_session_replay_cut_never_passes_unsent_audio() -> None:
+    session = Session(language=None, max_replay_s=30.0)
+    session.add_audio(np.zeros(16000, np.float32))
+    session.mark_sent(8000)
+    session.add_words([{"text": "x", "start": 0.0, "end": 0.9}], None)
+    assert session.replay_start == 8000
+
+
+def test_session_replay_is_bounded() -> None:
+    session = Session(language=None, max_replay_s=2.0)
+    for _ in range(5):
+        session.add_audio(np.zeros(16000, np.float32))
+    assert len(session.replay) == 32000 and session.replay_start == 48000
+    assert session.sent == 48000
+
+
+def test_autoscaling_follows_open_streams() -> None:
+    assert [desired_replicas(n, 16) for n in (0, 1, 16, 17, 48)] == [1, 1, 1, 2, 3]
+
+    class Ctx:
+        current_num_replicas = 2
+        policy_state: dict = {}
+        aggregated_metrics = {"open_streams": {"r1": 3.0, "r2": 4.0}}
+
+    assert OpenStreamsPolicy(target_streams_per_replica=2)(Ctx())[0] == 4
+    Ctx.aggregated_metrics = {}
+    assert OpenStreamsPolicy(target_streams_per_replica=2)(Ctx())[0] == 2
+
+
+def test_service_config_rejects_unknown_keys() -> None:
+    with pytest.raises(ValueError, match="unknown ingest"):
+        ServiceConfig.from_args({"ingest": {"max_pending": 3}})
+    with pytest.raises(ValueError, match="unknown engine"):
+        ServiceConfig.from_args({"engine": {"max_stream": 3}})
+
+
+def test_replica_loop_delivers_events_through_polls(make_scheduler) -> None:
+    async def run() -> list[dict]:
+        loop = ReplicaLoop(make_scheduler(), idle_timeout_s=60.0)
+        try:
+            loop.open("s", "en", "")
+            loop.feed("s", noise(3.0, seed=4))
+            loop.end("s")
+            events: list[dict] = []
+            while not events or events[-1]["type"] not in ("final", "error"):
+                events += await loop.poll("s", 1.0)
+            return events
+        finally:
+            loop.stop()
+
+    events = asyncio.run(run())
+    assert events[-1]["type"] == "final"
+    assert sum(len(e["words"]) for e in events if e["type"] in ("words", "final")) > 0
