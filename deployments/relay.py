@@ -191,7 +191,7 @@ class Relay:
                 raise RelayError(reply["error"]["code"], reply["error"]["message"])
             for event in reply["events"]:
                 if event["type"] in ("words", "final"):
-                    session.add_words(event["words"], event["language"])
+                    session.add_words(event["words"], event["language"], event["emitted_at"])
                     await self._flush_words()
                 if event["type"] == "partial":
                     await self._emit(protocol.pack("partial", text=event["text"]))
@@ -209,7 +209,10 @@ class Relay:
             return
         words = self.session.undelivered()
         if words:
-            fields: dict[str, Any] = {"words": [w.as_dict() for w in words]}
+            fields: dict[str, Any] = {
+                "words": [w.as_dict() for w in words],
+                "emitted_at": round(self.session.transcribed_s, 3),
+            }
             if self.session.detected_language:
                 fields["language"] = self.session.detected_language
             await self._emit(protocol.pack("words", **fields))

@@ -44,6 +44,8 @@ class Session:
     words: list[SessionWord] = field(default_factory=list)
     delivered: int = 0
     detected_language: str | None = None
+    # Session time up to which the model had audio when it committed the latest words.
+    transcribed_s: float = 0.0
     # Audio after the last committed word: samples [replay_start, received) of the session.
     replay: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     replay_start: int = 0
@@ -86,9 +88,10 @@ class Session:
     def mark_sent(self, n: int) -> None:
         self.sent += n
 
-    def add_words(self, words: list[dict[str, Any]], language: str | None) -> list[SessionWord]:
+    def add_words(self, words: list[dict[str, Any]], language: str | None, emitted_at: float) -> list[SessionWord]:
         """Words of the current incarnation (its times) -> session words; advances the replay cut."""
         shift = self.offset / SAMPLE_RATE
+        self.transcribed_s = max(self.transcribed_s, emitted_at + shift)
         new = [SessionWord(w["text"], w["start"] + shift, w["end"] + shift) for w in words]
         self.words.extend(new)
         self.detected_language = language or self.detected_language

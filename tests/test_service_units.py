@@ -56,7 +56,7 @@ def test_session_replays_only_uncommitted_audio_and_shifts_times() -> None:
     session = Session(language="en", max_replay_s=30.0)
     session.add_audio(np.zeros(16000 * 3, np.float32))
     session.mark_sent(16000 * 3)
-    session.add_words([{"text": "a", "start": 0.5, "end": 1.0}, {"text": "b", "start": 1.0, "end": 1.5}], "en")
+    session.add_words([{"text": "a", "start": 0.5, "end": 1.0}, {"text": "b", "start": 1.0, "end": 1.5}], "en", 2.0)
     assert session.replay_start == 24000 and len(session.replay) == 24000
     first_key = session.stream_key
     session.rehome()
@@ -64,8 +64,9 @@ def test_session_replays_only_uncommitted_audio_and_shifts_times() -> None:
     assert session.context() == "a b"
     assert len(session.unsent(10**9)) == 24000
     # The new incarnation's times start at the cut.
-    new = session.add_words([{"text": "c", "start": 0.2, "end": 0.6}], None)
+    new = session.add_words([{"text": "c", "start": 0.2, "end": 0.6}], None, 1.0)
     assert new[0].start == pytest.approx(1.7) and new[0].end == pytest.approx(2.1)
+    assert session.transcribed_s == pytest.approx(2.5)
     assert [w.text for w in session.undelivered()] == ["a", "b", "c"]
     assert session.undelivered() == []
 
@@ -74,7 +75,7 @@ def test_session_replay_cut_never_passes_unsent_audio() -> None:
     session = Session(language=None, max_replay_s=30.0)
     session.add_audio(np.zeros(16000, np.float32))
     session.mark_sent(8000)
-    session.add_words([{"text": "x", "start": 0.0, "end": 0.9}], None)
+    session.add_words([{"text": "x", "start": 0.0, "end": 0.9}], None, 0.5)
     assert session.replay_start == 8000
 
 
