@@ -81,4 +81,7 @@ class ASRModel:
         return {"open_streams": float(self.loop.scheduler.open_streams)}
 
     def __del__(self) -> None:
-        self.loop.stop()
+        # Absent when __init__ failed (e.g. the model did not load).
+        loop = self.__dict__.get("loop")
+        if loop is not None:
+            loop.stop()

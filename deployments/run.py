@@ -69,8 +69,11 @@ def deploy(config: dict[str, Any], timeout_s: float = 600.0) -> None:
         if status is not None and status.status == "RUNNING":
             return
         if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            details = "; ".join(f"{name}: {d.message}" for name, d in status.deployments.items() if d.message)
-            raise StartupError(f"the {APP} app failed to start: {status.message or details}")
+            # A deployment message ends with the replica's exception (e.g. the ModelLoadError).
+            details = "\n".join(
+                f"  {name}: {d.message.strip().splitlines()[-1]}" for name, d in status.deployments.items() if d.message
+            )
+            raise StartupError(f"the {APP} app failed to start: {status.message}\n{details}")
         time.sleep(1.0)
     raise StartupError(f"the {APP} app did not start within {timeout_s:.0f} s")
 
