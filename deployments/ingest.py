@@ -31,7 +31,7 @@ from deployments import protocol
 from deployments.audio_in import AudioDecoder
 from deployments.config import ServiceConfig
 from deployments.metrics import IngestMetrics
-from deployments.relay import Relay, RelayError
+from deployments.relay import Relay, RelayError, SinkClosed
 from deployments.session import Session
 from engine.audio import resample
 from engine.errors import BadAudioError
@@ -76,7 +76,11 @@ class Ingest:
 
         async def sink(frame: bytes) -> None:
             async with send_lock:
-                await ws.send_bytes(frame)
+                try:
+                    await ws.send_bytes(frame)
+                except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+                    # Starlette raises RuntimeError after a close, uvicorn OSError subclasses.
+                    raise SinkClosed from exc
 
         self.open_sockets += 1
         self.metrics.sockets.set(self.open_sockets)
@@ -88,12 +92,15 @@ class Ingest:
             await self._fail(ws, sink, exc.code, str(exc), relay)
             return
         except WebSocketDisconnect:
-            if relay is not None and not relay.done.is_set():
+            if relay is not None and (not relay.done.is_set() or relay.sink is None):
                 self._park(relay)
             return
         finally:
             self.open_sockets -= 1
             self.metrics.sockets.set(self.open_sockets)
+        if relay.sink is None:
+            self._park(relay)  # finished, but the client did not get it all: resumable
+            return
         if relay.done.is_set():
             self._forget(relay)
             code = CLOSE_NORMAL if relay.failure is None else _CLOSE_FOR.get(relay.failure.code, CLOSE_POLICY)

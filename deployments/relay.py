@@ -45,6 +45,10 @@ class RelayError(Exception):
         self.code = code
 
 
+class SinkClosed(Exception):
+    """The socket a sink wrote to is gone; the relay detaches it (the session stays resumable)."""
+
+
 class _Lost(Exception):
     """The current incarnation's replica no longer has the stream."""
 
@@ -231,8 +235,14 @@ class Relay:
         )
 
     async def _emit(self, frame: bytes) -> None:
-        if self.sink is not None:
+        if self.sink is None:
+            return
+        try:
             await self.sink(frame)
+        except SinkClosed:
+            # Words stay undelivered and `final` is sent again on resume.
+            log.info("session %s: socket gone while sending, detached", self.session.session_id)
+            self.sink = None
 
 
 def _spawn(coro: Awaitable[None], relay: Relay) -> asyncio.Task:

@@ -52,6 +52,8 @@ class Session:
     received: int = 0
     # Samples of the session the current incarnation has accepted (it starts at `offset`).
     sent: int = 0
+    # Samples some incarnation has accepted: replayed audio does not count as pending.
+    accepted: int = 0
     offset: int = 0
     incarnation: int = 0
     # The client sent `end`; `finished` once the final words are in.
@@ -66,8 +68,8 @@ class Session:
 
     @property
     def pending_s(self) -> float:
-        """Audio received but not yet accepted by the model replica."""
-        return (self.received - self.sent) / SAMPLE_RATE
+        """Audio received that no model replica has accepted yet (the backpressure measure)."""
+        return (self.received - self.accepted) / SAMPLE_RATE
 
     def add_audio(self, samples: np.ndarray) -> None:
         self.replay = np.concatenate([self.replay, samples])
@@ -79,6 +81,7 @@ class Session:
                         self.session_id, excess / SAMPLE_RATE)
             self._drop_replay(excess)
             self.sent = max(self.sent, self.replay_start)
+            self.accepted = max(self.accepted, self.sent)
 
     def unsent(self, max_samples: int) -> np.ndarray:
         """The next audio to send to the current incarnation."""
@@ -87,6 +90,7 @@ class Session:
 
     def mark_sent(self, n: int) -> None:
         self.sent += n
+        self.accepted = max(self.accepted, self.sent)
 
     def add_words(self, words: list[dict[str, Any]], language: str | None, emitted_at: float) -> list[SessionWord]:
         """Words of the current incarnation (its times) -> session words; advances the replay cut."""

@@ -49,6 +49,8 @@ def service(tiny_dir: Path):
     app = app_config(config)
     # Steps of exactly min_step_s make the words independent of arrival timing (parity with the CLI).
     app["args"]["engine"]["max_step_s"] = app["args"]["engine"]["min_step_s"]
+    # Below one 8 s frame, so a burst is refused whatever the timing.
+    app["args"]["ingest"]["max_pending_s"] = 5.0
     model = next(d for d in app["deployments"] if d["name"] == "ASRModel")
     model["autoscaling_config"].update(
         min_replicas=2, max_replicas=3, upscale_delay_s=1, downscale_delay_s=600,
@@ -169,6 +171,8 @@ def test_websocket_words_equal_engine_cli_while_bad_streams_fail(service, wav: P
         "frame_too_large": [start_frame(), audio_frame(b"\x00" * (300 * 1024))],
         "bad_audio": [start_frame(), audio_frame(b"\x00\x01\x02")],
         "no_start": [audio_frame(pcm)],
+        # 8 s at once: more than ingest.max_pending_s ahead of the model.
+        "overloaded": [start_frame(), audio_frame((noise(8.0, seed=3) * 32767).astype("<i2").tobytes())],
         "unknown_type": [start_frame(), msgpack.packb({"type": "subtitles"}), audio_frame(pcm),
                          msgpack.packb({"type": "end"})],
     }
@@ -192,6 +196,7 @@ def test_websocket_words_equal_engine_cli_while_bad_streams_fail(service, wav: P
     assert codes(bad["frame_too_large"]) == ["frame_too_large"]
     assert codes(bad["bad_audio"]) == ["bad_audio"]
     assert codes(bad["no_start"]) == ["bad_frame"]
+    assert codes(bad["overloaded"]) == ["overloaded"]
     # Unknown types are answered and skipped: the stream still ends with its final frame.
     assert codes(bad["unknown_type"]) == ["unknown_type"]
     assert bad["unknown_type"][-1]["type"] == "final"
@@ -203,7 +208,7 @@ def test_dropped_socket_resumes_and_gets_missed_words(service, wav: Path) -> Non
     async def run():
         stream = CaptionStream(WS_URL, language="en")
         async with stream:
-            for chunk in pcm_chunks(samples, 0.5):
+            for chunk in pcm_chunks(samples[: 4 * 16000], 0.5):  # under ingest.max_pending_s
                 await stream.send_audio(chunk)
             await stream.end()
         # The socket is gone before any words were read; the session goes on without it.

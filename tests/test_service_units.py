@@ -63,6 +63,7 @@ def test_session_replays_only_uncommitted_audio_and_shifts_times() -> None:
     assert session.stream_key != first_key and session.offset == session.sent == 24000
     assert session.context() == "a b"
     assert len(session.unsent(10**9)) == 24000
+    assert session.pending_s == 0.0, "replayed audio is not the client's backlog"
     # The new incarnation's times start at the cut.
     new = session.add_words([{"text": "c", "start": 0.2, "end": 0.6}], None, 1.0)
     assert new[0].start == pytest.approx(1.7) and new[0].end == pytest.approx(2.1)
