@@ -31,7 +31,7 @@ from deployments import protocol
 from deployments.audio_in import AudioDecoder
 from deployments.config import ServiceConfig
 from deployments.metrics import IngestMetrics
-from deployments.relay import Relay, RelayError, SinkClosed
+from deployments.relay import Relay, RelayError, Sink, SinkClosed
 from deployments.session import Session
 from engine.audio import resample
 from engine.errors import BadAudioError
@@ -106,7 +106,7 @@ class Ingest:
             code = CLOSE_NORMAL if relay.failure is None else _CLOSE_FOR.get(relay.failure.code, CLOSE_POLICY)
             await ws.close(code)
 
-    async def _handshake(self, ws: WebSocket, sink) -> tuple[Relay, AudioDecoder]:
+    async def _handshake(self, ws: WebSocket, sink: Sink) -> tuple[Relay, AudioDecoder]:
         frame = protocol.parse_client_frame(await _receive(ws), self.cfg.ingest.max_frame_bytes)
         if not isinstance(frame, protocol.Start):
             raise protocol.ProtocolError("bad_frame", "the first frame must be 'start'")
@@ -166,7 +166,7 @@ class Ingest:
         finally:
             done.cancel()
 
-    async def _fail(self, ws: WebSocket, sink, code: str, message: str, relay: Relay | None) -> None:
+    async def _fail(self, ws: WebSocket, sink: Sink, code: str, message: str, relay: Relay | None) -> None:
         log.warning("stream %s: %s: %s", relay.session.session_id if relay else "-", code, message)
         self.metrics.errors.inc(tags={"code": code})
         try:
