@@ -36,13 +36,8 @@ def wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def service(tiny_dir: Path):
-    """Ray + Serve + the captions app with a tiny random model, shared by this module."""
-    os.environ["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "1"
-    import ray
-    from ray import serve
-
+def service_config(tiny_dir: Path) -> dict:
+    """serve_config.yaml with the tiny model, the test port and test limits."""
     config = load_config(REPO / "serve_config.yaml", str(tiny_dir))
     config["http_options"]["port"] = PORT
     app = app_config(config)
@@ -55,6 +50,17 @@ def service(tiny_dir: Path):
         min_replicas=2, max_replicas=3, upscale_delay_s=1, downscale_delay_s=600,
         policy={**model["autoscaling_config"]["policy"], "policy_kwargs": {"target_streams_per_replica": 2}},
     )
+    return config
+
+
+@pytest.fixture(scope="module")
+def service(tiny_dir: Path):
+    """Ray + Serve + the captions app with a tiny random model, shared by this module."""
+    os.environ["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "1"
+    import ray
+    from ray import serve
+
+    config = service_config(tiny_dir)
     ray.init(address="local", num_cpus=8, namespace="serve", include_dashboard=False, log_to_driver=False)
     try:
         deploy(config, timeout_s=300)
@@ -279,3 +285,32 @@ def test_streams_stay_put_when_a_replica_is_added(service) -> None:
         assert "error" not in fed[key], fed[key]
         assert fed[key]["replica"] == opened[key]
     assert new not in set(opened.values()), "a new stream goes to the new, least-loaded replica"
+
+
+def test_scale_down_drains_a_replica_and_its_streams_rehome(service, wav: Path, tiny_dir: Path) -> None:
+    """Lowering max_replicas 3 -> 2 mid-stream drains a replica; its streams continue elsewhere."""
+    assert model_replicas(service) == 3, "runs after the scale-up test"
+    config = service_config(tiny_dir)
+    model = next(d for d in app_config(config)["deployments"] if d["name"] == "ASRModel")
+    model["autoscaling_config"]["max_replicas"] = 2
+    redeployed: list[asyncio.Future] = []
+
+    def scale_down(stream, words) -> None:
+        if not redeployed:  # a config-only change: Serve updates in place, without restarts
+            redeployed.append(asyncio.get_running_loop().run_in_executor(None, deploy, config, 120))
+
+    async def run():
+        # Six streams opened together spread over all three replicas.
+        results = await asyncio.gather(stream_file(wav, 1.0, on_words=scale_down),
+                                       *(stream_file(wav, 1.0) for _ in range(5)))
+        await redeployed[0]
+        return results
+
+    results = asyncio.run(run())
+    deadline = time.monotonic() + 60
+    while model_replicas(service) != 2:
+        assert time.monotonic() < deadline, "the third replica was not scaled down"
+        time.sleep(1.0)
+    assert sum(final["rehomes"] for _, final in results) >= 1
+    for words, final in results:
+        assert final["words"] == words
