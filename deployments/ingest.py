@@ -193,7 +193,8 @@ class Ingest:
                 if not relay.done.is_set():
                     await relay.abort()
 
-        asyncio.get_running_loop().create_task(expire())
+        task = asyncio.get_running_loop().create_task(expire())
+        task.add_done_callback(_log_failure)
 
     def _forget(self, relay: Relay) -> None:
         self.sessions.pop(relay.session.session_id, None)
@@ -228,6 +229,12 @@ class Ingest:
             "language": session.detected_language,
             "audio_s": round(len(samples) / SAMPLE_RATE, 3),
         })
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    """Background tasks must not fail silently."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task failed", exc_info=task.exception())
 
 
 async def _receive(ws: WebSocket) -> bytes | str | None:

@@ -101,7 +101,10 @@ class Relay:
         self.stop_tasks()
         self.done.set()
         key = self.session.stream_key
-        await self.model.options(session_id=key).abort.remote(key)
+        try:
+            await self.model.options(session_id=key).abort.remote(key)
+        except (RayActorError, ReplicaUnavailableError):
+            pass  # its replica is gone, and the stream with it
 
     async def attach(self, sink: Sink) -> None:
         """A socket (new or resumed) receives frames from now on, starting with missed words."""
