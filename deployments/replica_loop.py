@@ -23,7 +23,8 @@ from engine.errors import UnknownStreamError
 from engine.events import ErrorEvent, Event, FinalEvent, PartialEvent, StepResult, WordsEvent
 from engine.scheduler import Scheduler
 
-log = logging.getLogger(__name__)
+# "ray.serve": the logger Serve writes to each replica's log file.
+log = logging.getLogger("ray.serve")
 
 # How long the loop sleeps when no stream has work (it is woken by feed/end).
 _IDLE_WAIT_S = 0.1

@@ -19,7 +19,8 @@ import numpy as np
 
 from engine.features import SAMPLE_RATE
 
-log = logging.getLogger(__name__)
+# "ray.serve": the logger Serve writes to each replica's log file.
+log = logging.getLogger("ray.serve")
 
 
 @dataclass(frozen=True)
