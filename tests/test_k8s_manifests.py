@@ -6,7 +6,7 @@ import copy
 import sys
 import types
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
 import kubernetes_validate
@@ -16,6 +16,7 @@ from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscali
 
 from k8s import validate
 from k8s.render import REPO_ROOT
+from tests.k8s_helpers import import_paths, included_packages, module_and_attr
 
 K8S = REPO_ROOT / "k8s"
 MANIFESTS = sorted((K8S / "manifests").glob("*.yaml")) + sorted((K8S / "examples").glob("*.yaml"))
@@ -93,24 +94,6 @@ def test_core_validation_rejects_an_unknown_field() -> None:
         validate.validate_core(ingress)
 
 
-def _import_paths(node: Any) -> Iterator[str]:
-    # What Ray's schema imports while validating: custom policies and routers.
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("policy_function", "request_router_class") and isinstance(value, str):
-                yield value
-            else:
-                yield from _import_paths(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _import_paths(value)
-
-
-def _module_and_attr(path: str) -> tuple[str, str]:
-    module, sep, attr = path.partition(":")
-    return (module, attr) if sep else tuple(path.rsplit(".", 1))  # type: ignore[return-value]
-
-
 def stub_absent_packages(config: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """Stand-ins for policy/router modules whose package is not in this checkout.
 
@@ -118,8 +101,8 @@ def stub_absent_packages(config: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     Ray's schema cannot import its router and policy. Once the package is in
     the repo, nothing is stubbed and the real import must succeed.
     """
-    for path in _import_paths(config):
-        module, attr = _module_and_attr(path)
+    for path in import_paths(config):
+        module, attr = module_and_attr(path)
         if (REPO_ROOT / module.split(".")[0]).is_dir():
             continue
         parts = module.split(".")
@@ -148,12 +131,10 @@ def test_serve_config_validation_rejects_a_misspelt_option(monkeypatch: pytest.M
 
 def test_import_paths_are_in_packages_the_image_installs() -> None:
     config = serve_config()
-    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
-    include_line = next(line for line in pyproject.splitlines() if line.startswith("include = ["))
-    included = [p.strip(' "*') for p in include_line.split("[", 1)[1].rstrip("]").split(",")]
-    paths = [app["import_path"] for app in config["applications"]] + list(_import_paths(config))
+    included = included_packages()
+    paths = [app["import_path"] for app in config["applications"]] + list(import_paths(config))
     for path in paths:
-        module, _ = _module_and_attr(path)
+        module, _ = module_and_attr(path)
         top = module.split(".")[0]
         assert top in included, f"{path}: package {top!r} is not in pyproject's packages.find include"
         if (REPO_ROOT / top).is_dir():  # present in this checkout: the module file must exist too
