@@ -60,7 +60,7 @@ def test_manifest_validates(name: str, doc: dict) -> None:
 
 def test_every_manifest_kind_is_covered() -> None:
     kinds = {d["kind"] for _, d in documents()}
-    assert {"RayService", "Ingress", "Service", "Secret"} <= kinds
+    assert {"RayService", "Ingress", "Service", "Secret", "PodDisruptionBudget"} <= kinds
 
 
 def _misspell_crd_field(doc: dict) -> None:
@@ -273,3 +273,11 @@ def test_metrics_service_selects_every_ray_pod_on_a_declared_port() -> None:
         declared = {p["name"]: p["containerPort"] for p in containers(template)[0]["ports"]}
         assert declared[port["targetPort"]] == port["port"], name
         assert template["metadata"]["annotations"]["prometheus.io/port"] == str(port["port"]), name
+
+
+def test_every_worker_group_has_a_disruption_budget() -> None:
+    budgets = [d for _, d in documents() if d["kind"] == "PodDisruptionBudget"]
+    for group in rayservice()["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        labels = group["template"]["metadata"]["labels"]
+        matching = [b for b in budgets if b["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+        assert len(matching) == 1, group["groupName"]
