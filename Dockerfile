@@ -25,8 +25,11 @@ RUN if [ -n "$MODEL_ID" ]; then \
 # The project installs as a regular package (not editable, not a working_dir):
 # the app builder, request router and autoscaling policy named in
 # serve_config.yaml are then importable in every Ray process of every pod,
-# and by `serve deploy` / `serve status` on the head. The import check runs
-# outside the source tree so it sees the installed package.
+# and by `serve deploy` / `serve status` on the head. COPY creates the
+# directory owned by the image's `ray` user (a WORKDIR made first would be
+# root's, and the build writes its metadata into the source tree). The import
+# check runs isolated (-I: the source tree is not on sys.path), so it imports
+# the installed package.
+COPY --chown=ray:users . /home/ray/app
 WORKDIR /home/ray/app
-COPY --chown=ray:users . .
-RUN pip install --no-cache-dir . && cd / && python -c "import engine, k8s"
+RUN pip install --no-cache-dir . && python -I -c "import engine, k8s"
