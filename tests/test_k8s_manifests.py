@@ -106,11 +106,9 @@ def stub_absent_packages(config: dict, monkeypatch: pytest.MonkeyPatch) -> None:
         if (REPO_ROOT / module.split(".")[0]).is_dir():
             continue
         parts = module.split(".")
-        for i in range(1, len(parts) + 1):
-            name = ".".join(parts[:i])
-            stub = sys.modules.get(name) or types.ModuleType(name)
-            stub.__path__ = []  # type: ignore[attr-defined]
-            monkeypatch.setitem(sys.modules, name, stub)
+        for name in (".".join(parts[:i]) for i in range(1, len(parts) + 1)):
+            if name not in sys.modules:
+                monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
         monkeypatch.setattr(sys.modules[module], attr, lambda *args, **kwargs: None, raising=False)
 
 
