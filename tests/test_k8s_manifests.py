@@ -279,3 +279,12 @@ def test_every_worker_group_has_a_disruption_budget() -> None:
         labels = group["template"]["metadata"]["labels"]
         matching = [b for b in budgets if b["spec"]["selector"]["matchLabels"].items() <= labels.items()]
         assert len(matching) == 1, group["groupName"]
+
+
+def test_group_idle_timeouts_need_autoscaler_v2() -> None:
+    # Only the v2 autoscaler reads a worker group's idleTimeoutSeconds; v1
+    # would silently apply the cluster-wide value to the GPU group too.
+    cluster = rayservice()["spec"]["rayClusterConfig"]
+    if any("idleTimeoutSeconds" in g for g in cluster["workerGroupSpecs"]):
+        assert cluster["enableInTreeAutoscaling"] is True
+        assert cluster["autoscalerOptions"]["version"] == "v2"
