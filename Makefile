@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # workplace keeps on disk); with one, pip picks the default CUDA build.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
 
-.PHONY: test venv sysdeps tiny-en run
+.PHONY: test venv sysdeps tiny-en run k8s
 
 venv: $(STAMP)
 
@@ -41,3 +41,9 @@ tiny-en: sysdeps $(STAMP)
 	$(BIN)/python -m training.corpus --out artifacts/corpus --wav
 	$(BIN)/python -m training.train --corpus artifacts/corpus --out models/tiny-en --work artifacts/train
 	$(BIN)/python -m engine.heads detect --model models/tiny-en --clips artifacts/corpus/heldout
+
+# Re-render k8s/manifests/rayservice.yaml after editing serve_config.yaml,
+# k8s/overrides.yaml or k8s/rayservice.base.yaml; commit the result (a test
+# fails while it is stale).
+k8s: $(STAMP)
+	$(BIN)/python -m k8s.render

@@ -1,0 +1,1 @@
+"""Kubernetes deployment: renders the KubeRay RayService from serve_config.yaml."""
