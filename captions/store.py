@@ -280,8 +280,8 @@ class TranscriptStore:
                                                        expires_at=expires))
         return token
 
-    def check_viewer_token(self, stream_id: str, token: str, now: float | None = None) -> StreamRecord:
-        """The stream a token grants, or Unauthorized (unknown, other stream) / TokenExpired."""
+    def check_viewer_token(self, stream_id: str, token: str, now: float | None = None) -> tuple[StreamRecord, float]:
+        """The stream a token grants and when the token expires, or Unauthorized / TokenExpired."""
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(viewer_tokens.c.expires_at, streams.c.tenant_id)
@@ -292,7 +292,7 @@ class TranscriptStore:
             raise Unauthorized("unknown viewer token for this stream")
         if row.expires_at <= (time.time() if now is None else now):
             raise TokenExpired("viewer token has expired")
-        return self.stream(row.tenant_id, stream_id)
+        return self.stream(row.tenant_id, stream_id), row.expires_at
 
     # ---------------------------------------------------------------- usage
     def add_usage(self, tenant_id: str, period: str, audio_s: float, limit_s: float) -> bool:

@@ -119,7 +119,8 @@ def test_viewer_tokens(store: TranscriptStore):
     store.open_stream("acme", "s1", None, 5)
     store.open_stream("acme", "s2", None, 5)
     token = store.create_viewer_token("acme", "s1", ttl_s=60, now=1000.0)
-    assert store.check_viewer_token("s1", token, now=1059.0).stream_id == "s1"
+    record, expires_at = store.check_viewer_token("s1", token, now=1059.0)
+    assert (record.stream_id, expires_at) == ("s1", 1060.0)
     with pytest.raises(TokenExpired):
         store.check_viewer_token("s1", token, now=1060.0)
     with pytest.raises(Unauthorized):
