@@ -196,12 +196,21 @@ class TranscriptStore:
             )
 
     def resume_stream(self, tenant_id: str, stream_id: str, now: float | None = None) -> StreamRecord:
-        """Mark an interrupted stream of this tenant open again (a client resumed it)."""
+        """Mark an interrupted (or still open) stream of this tenant open again: a client resumed it.
+
+        An ended stream cannot be resumed (BadRequest): its transcript is final.
+        """
         now = time.time() if now is None else now
+        if self.stream(tenant_id, stream_id).status is StreamStatus.ENDED:
+            raise BadRequest(f"stream {stream_id!r} has ended and cannot be resumed")
         with self.engine.begin() as conn:
             conn.execute(
                 streams.update()
-                .where(streams.c.stream_id == stream_id, streams.c.tenant_id == tenant_id)
+                .where(
+                    streams.c.stream_id == stream_id,
+                    streams.c.tenant_id == tenant_id,
+                    streams.c.status != StreamStatus.ENDED.value,
+                )
                 .values(status=StreamStatus.OPEN.value, ended_at=None, active_at=now)
             )
         return self.stream(tenant_id, stream_id)

@@ -94,6 +94,11 @@ def verify_secret(secret: str, stored: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
+def _is_scrypt_hash(stored: str) -> bool:
+    parts = stored.split("$")
+    return len(parts) == 6 and parts[0] == "scrypt" and all(p.isdigit() for p in parts[1:4])
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode()
 
@@ -123,6 +128,8 @@ def parse_tenants(doc: object) -> dict[str, Tenant]:
         for key in entry.get("keys") or []:
             if not isinstance(key, dict) or not isinstance(key.get("id"), str) or not isinstance(key.get("hash"), str):
                 raise ConfigError(f"tenant {entry['id']!r}: every key needs string 'id' and 'hash'")
+            if not _is_scrypt_hash(key["hash"]):
+                raise ConfigError(f"tenant {entry['id']!r}: key {key['id']!r} has a malformed hash")
             hashes[key["id"]] = key["hash"]
         out[entry["id"]] = Tenant(entry["id"], limits, hashes)
     return out

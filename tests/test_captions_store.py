@@ -70,6 +70,9 @@ def test_close_and_resume(store: TranscriptStore):
     rec = store.stream("acme", "s1")
     assert (rec.status, rec.language, rec.ended_at) == (StreamStatus.INTERRUPTED, "de", 110.0)
     assert store.resume_stream("acme", "s1").status is StreamStatus.OPEN
+    store.close_stream("acme", "s1", StreamStatus.ENDED)
+    with pytest.raises(BadRequest):
+        store.resume_stream("acme", "s1")  # an ended transcript is final
 
 
 def test_concurrent_limit_counts_only_live_streams(store: TranscriptStore):

@@ -101,6 +101,7 @@ def test_cli_prints_the_key_once_and_stores_its_hash(tmp_path: Path):
         "tenants: [{id: a, limits: {max_concurrent_streams: -1}}]",
         "tenants: [{id: a, limits: {colour: red}}]",
         "tenants: [{id: a, keys: [{id: k}]}]",
+        "tenants: [{id: a, keys: [{id: k, hash: 'scrypt$x$8$1$abc$def'}]}]",
         "tenants: [",
     ],
 )
