@@ -174,3 +174,24 @@ def test_audio_quota_is_exact_at_the_limit_and_shared_by_streams(ledger: QuotaLe
         first.add(0.1)
     first.close(), second.close()
     assert ledger.used_s(tenant) == pytest.approx(30.0)
+
+
+def test_usage_and_rejections_are_counted_per_tenant(ledger: QuotaLedger):
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    tenant = Tenant("metered", Limits(max_concurrent_streams=1, audio_minutes_per_period=0.1))  # 6 s
+    before = sample("captions_rejections_total", tenant="metered", reason="concurrent_streams")
+    ledger.open_stream(tenant, "m1", None)
+    with pytest.raises(QuotaExceeded):
+        ledger.open_stream(tenant, "m2", None)
+    meter = AudioMeter(ledger, tenant, "m1")
+    meter.add(4.0)
+    with pytest.raises(QuotaExceeded):
+        meter.add(4.0)
+    assert sample("captions_streams_opened_total", tenant="metered") >= 1.0
+    assert sample("captions_audio_seconds_total", tenant="metered") == 4.0
+    assert sample("captions_rejections_total", tenant="metered", reason="concurrent_streams") == before + 1
+    assert sample("captions_rejections_total", tenant="metered", reason="audio_minutes") >= 1.0
