@@ -23,8 +23,8 @@ def find_chromium() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
-def launch(fake_audio_wav: Path) -> webdriver.Chrome:
-    """Headless Chromium whose only microphone plays `fake_audio_wav`."""
+def launch(fake_audio_wav: Path | None = None) -> webdriver.Chrome:
+    """Headless Chromium whose only microphone plays `fake_audio_wav` (a tone without one)."""
     paths = find_chromium()
     if paths is None:
         raise RuntimeError("chromium/chromedriver not installed: run `make browserdeps`")
@@ -37,9 +37,10 @@ def launch(fake_audio_wav: Path) -> webdriver.Chrome:
         "--window-size=1200,800",
         "--use-fake-ui-for-media-stream",  # accept the microphone permission prompt
         "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={fake_audio_wav}",
     ):
         options.add_argument(arg)
+    if fake_audio_wav is not None:
+        options.add_argument(f"--use-file-for-fake-audio-capture={fake_audio_wav}")
     # An explicit driver path keeps Selenium Manager from trying to download one.
     return webdriver.Chrome(options=options, service=Service(executable_path=paths[1]))
 

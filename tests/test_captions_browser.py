@@ -96,3 +96,38 @@ def test_page_shows_live_captions_from_a_fake_microphone(server, tmp_path: Path)
     with urllib.request.urlopen(request) as response:
         vtt = response.read().decode()
     assert vtt.startswith("WEBVTT\n\n00:00:") and shown[0] in vtt
+
+
+MSGPACK_ROUNDTRIP = """
+const [packed, value, done] = arguments;
+import("/static/msgpack.js").then((m) => done({
+  decoded: m.decode(Uint8Array.from(packed)),
+  encoded: Array.from(m.encode(value)),
+  audio: Array.from(m.encode({type: "audio", data: Uint8Array.from({length: 300}, (_, i) => i % 256)})),
+})).catch((err) => done({error: String(err)}));
+"""
+
+
+def test_page_msgpack_codec_agrees_with_python_msgpack(server):
+    import msgpack
+
+    if find_chromium() is None:
+        pytest.skip("chromium/chromedriver missing: run `make browserdeps`")
+    running, _, _ = server
+    value = {
+        "type": "words",
+        "words": [{"text": "héllo wörld", "start": 0.5, "end": 1.25}] * 20,
+        "small": -5, "big": 70000, "neg": -70000, "huge": 2**40, "flag": True, "none": None,
+        "long": "x" * 300, "list": list(range(20)),
+    }
+    driver = launch()
+    try:
+        driver.get(f"{running.url}/static/style.css")  # any page of the server's origin
+        out = driver.execute_async_script(MSGPACK_ROUNDTRIP, list(msgpack.packb(value)), value)
+    finally:
+        driver.quit()
+    assert "error" not in out, out
+    assert out["decoded"] == value
+    assert msgpack.unpackb(bytes(out["encoded"]), raw=False) == value
+    audio = msgpack.unpackb(bytes(out["audio"]), raw=False)
+    assert audio == {"type": "audio", "data": bytes(i % 256 for i in range(300))}
