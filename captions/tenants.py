@@ -28,6 +28,7 @@ import logging
 import os
 import secrets
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
@@ -173,19 +174,54 @@ def load_tenants(path: str | Path | None = None) -> dict[str, Tenant]:
 
 
 # --------------------------------------------------------------- auth
-class Authenticator:
-    """Resolves an API key (Bearer header or ?key=) to its tenant."""
+def _file_version(path: Path | None) -> tuple[int, int, int] | None:
+    """Changes whenever the file is replaced (new inode: Secret updates, add-key) or rewritten."""
+    if path is None or not path.is_file():
+        return None
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
-    def __init__(self, tenants: Mapping[str, Tenant]) -> None:
+
+class Authenticator:
+    """Resolves an API key (Bearer header or ?key=) to its tenant.
+
+    Built `from_file`, it re-reads the keys file when it changes (checked at most
+    every `reload_s`), so keys added to the Kubernetes Secret work without a restart.
+    """
+
+    def __init__(self, tenants: Mapping[str, Tenant], source: Path | None = None, reload_s: float = 30.0) -> None:
+        self.source = source
+        self.reload_s = reload_s
+        self._checked_at = time.monotonic()
+        self._version = _file_version(source)
+        self._use(tenants)
+
+    def _use(self, tenants: Mapping[str, Tenant]) -> None:
         self.tenants = dict(tenants)
         self._by_key_id = {key_id: t for t in self.tenants.values() for key_id in t.key_hashes}
 
     @classmethod
-    def from_file(cls, path: str | Path | None = None) -> Authenticator:
-        return cls(load_tenants(path))
+    def from_file(cls, path: str | Path | None = None, reload_s: float = 30.0) -> Authenticator:
+        path = keys_file_path(path)
+        return cls(load_tenants(path), source=path, reload_s=reload_s)
+
+    def _reload_if_changed(self) -> None:
+        if self.source is None or time.monotonic() - self._checked_at < self.reload_s:
+            return
+        self._checked_at = time.monotonic()
+        version = _file_version(self.source)
+        if version == self._version:
+            return
+        try:
+            self._use(load_tenants(self.source))
+        except ConfigError as exc:
+            # A bad edit must not lock every tenant out: keep the last valid keys, loudly.
+            log.error("keys file %s changed but is invalid, keeping the previous keys: %s", self.source, exc)
+        self._version = version
 
     def tenant_for_key(self, key: str) -> Tenant:
         """The tenant owning `key`, or Unauthorized (the message never contains the key)."""
+        self._reload_if_changed()
         parts = key.split("_", 2)
         if len(key) > MAX_KEY_CHARS or len(parts) != 3 or parts[0] != KEY_PREFIX:
             raise Unauthorized("malformed API key")

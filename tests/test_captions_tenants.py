@@ -195,3 +195,14 @@ def test_usage_and_rejections_are_counted_per_tenant(ledger: QuotaLedger):
     assert sample("captions_audio_seconds_total", tenant="metered") == 4.0
     assert sample("captions_rejections_total", tenant="metered", reason="concurrent_streams") == before + 1
     assert sample("captions_rejections_total", tenant="metered", reason="audio_minutes") >= 1.0
+
+
+def test_authenticator_picks_up_keys_added_to_the_file(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    path, first = keys_file(tmp_path)
+    auth = Authenticator.from_file(path, reload_s=0.0)
+    second = add_key(path, "globex")
+    assert auth.tenant_for_key(second).id == "globex"
+    path.write_text("tenants: [")  # a broken edit keeps the last valid keys
+    with caplog.at_level(logging.ERROR):
+        assert auth.tenant_for_key(first).id == "acme"
+    assert "keeping the previous keys" in caplog.text
