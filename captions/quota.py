@@ -43,6 +43,13 @@ class QuotaLedger:
             raise QuotaExceeded(f"tenant has {limit} concurrent streams open (its limit)")
         metrics.stream_opened(tenant.id)
 
+    def resume_stream(self, tenant: Tenant, stream_id: str, now: float | None = None) -> None:
+        """Reopen an interrupted stream of `tenant`, or QuotaExceeded if it has its maximum open."""
+        limit = tenant.limits.max_concurrent_streams
+        if not self.store.resume_stream(tenant.id, stream_id, limit, now):
+            metrics.rejected(tenant.id, "concurrent_streams")
+            raise QuotaExceeded(f"tenant has {limit} concurrent streams open (its limit)")
+
     def close_stream(self, tenant: Tenant, stream_id: str, status: StreamStatus, language: str | None = None) -> None:
         self.store.close_stream(tenant.id, stream_id, status, language)
 

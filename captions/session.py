@@ -44,7 +44,7 @@ class CaptionSession:
     ) -> CaptionSession:
         """Open (or, with `resume`, reopen) the stream: QuotaExceeded, UnknownStream, BadRequest."""
         if resume:
-            await run_in_threadpool(store.resume_stream, tenant.id, stream_id)
+            await run_in_threadpool(ledger.resume_stream, tenant, stream_id)
             stored = await run_in_threadpool(store.words, tenant.id, stream_id)
             next_seq = stored[-1].seq + 1 if stored else 0
         else:

@@ -195,25 +195,42 @@ class TranscriptStore:
                 .values(active_at=now)
             )
 
-    def resume_stream(self, tenant_id: str, stream_id: str, now: float | None = None) -> StreamRecord:
-        """Mark an interrupted (or still open) stream of this tenant open again: a client resumed it.
+    def resume_stream(
+        self, tenant_id: str, stream_id: str, max_concurrent: int, now: float | None = None
+    ) -> bool:
+        """Reopen an interrupted (or still open) stream of this tenant; False if at the concurrency limit.
 
         An ended stream cannot be resumed (BadRequest): its transcript is final.
+        The count (other live streams) and the update are one statement, as in open_stream.
         """
         now = time.time() if now is None else now
         if self.stream(tenant_id, stream_id).status is StreamStatus.ENDED:
             raise BadRequest(f"stream {stream_id!r} has ended and cannot be resumed")
         with self.engine.begin() as conn:
-            conn.execute(
+            conn.execute(sa.select(tenants.c.tenant_id).where(tenants.c.tenant_id == tenant_id).with_for_update())
+            others = sa.alias(streams, "others")
+            live = (
+                sa.select(sa.func.count())
+                .select_from(others)
+                .where(
+                    others.c.tenant_id == tenant_id,
+                    others.c.stream_id != stream_id,
+                    others.c.status == StreamStatus.OPEN.value,
+                    others.c.active_at >= now - self.stale_s,
+                )
+                .scalar_subquery()
+            )
+            updated = conn.execute(
                 streams.update()
                 .where(
                     streams.c.stream_id == stream_id,
                     streams.c.tenant_id == tenant_id,
                     streams.c.status != StreamStatus.ENDED.value,
+                    live < max_concurrent,
                 )
                 .values(status=StreamStatus.OPEN.value, ended_at=None, active_at=now)
             )
-        return self.stream(tenant_id, stream_id)
+            return updated.rowcount == 1
 
     def close_stream(
         self, tenant_id: str, stream_id: str, status: StreamStatus, language: str | None = None,

@@ -43,7 +43,7 @@ def test_other_tenant_sees_unknown_stream(store: TranscriptStore):
         lambda: store.words("globex", "s1"),
         lambda: store.append_words("globex", "s1", 1, [("x", 1.0, 1.2)]),
         lambda: store.create_viewer_token("globex", "s1", 60),
-        lambda: store.resume_stream("globex", "s1"),
+        lambda: store.resume_stream("globex", "s1", 5),
     ):
         with pytest.raises(UnknownStream):
             read()
@@ -69,10 +69,15 @@ def test_close_and_resume(store: TranscriptStore):
     store.close_stream("acme", "s1", StreamStatus.INTERRUPTED, language="de", now=110.0)
     rec = store.stream("acme", "s1")
     assert (rec.status, rec.language, rec.ended_at) == (StreamStatus.INTERRUPTED, "de", 110.0)
-    assert store.resume_stream("acme", "s1").status is StreamStatus.OPEN
+    store.open_stream("acme", "s2", None, 5, now=120.0)
+    assert not store.resume_stream("acme", "s1", max_concurrent=1, now=120.0)  # s2 holds the only slot
+    assert store.stream("acme", "s1").status is StreamStatus.INTERRUPTED
+    assert store.resume_stream("acme", "s1", max_concurrent=2, now=120.0)
+    assert store.stream("acme", "s1").status is StreamStatus.OPEN
+    assert store.resume_stream("acme", "s1", max_concurrent=2, now=121.0)  # re-homing an open stream
     store.close_stream("acme", "s1", StreamStatus.ENDED)
     with pytest.raises(BadRequest):
-        store.resume_stream("acme", "s1")  # an ended transcript is final
+        store.resume_stream("acme", "s1", 5)  # an ended transcript is final
 
 
 def test_concurrent_limit_counts_only_live_streams(store: TranscriptStore):
