@@ -300,8 +300,11 @@ class TranscriptStore:
         if not 0 < ttl_s <= MAX_VIEWER_TTL_S:
             raise BadRequest(f"ttl_s must be in (0, {MAX_VIEWER_TTL_S:.0f}]")
         token = secrets.token_urlsafe(32)
-        expires = (time.time() if now is None else now) + ttl_s
+        now = time.time() if now is None else now
+        expires = now + ttl_s
         with self.engine.begin() as conn:
+            # Expired tokens are useless; dropping them here keeps the table bounded without a janitor.
+            conn.execute(viewer_tokens.delete().where(viewer_tokens.c.expires_at <= now))
             conn.execute(viewer_tokens.insert().values(token_hash=_hash_token(token), stream_id=stream_id,
                                                        expires_at=expires))
         return token

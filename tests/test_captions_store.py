@@ -137,6 +137,9 @@ def test_viewer_tokens(store: TranscriptStore):
         store.check_viewer_token("s1", token + "x", now=1000.0)
     with pytest.raises(BadRequest):
         store.create_viewer_token("acme", "s1", ttl_s=10 * 24 * 3600)
-    # Only the hash is stored.
+    # Only the hash is stored, and expired tokens are dropped when new ones are made.
     with store.engine.connect() as conn:
         assert token not in str(conn.exec_driver_sql("SELECT * FROM viewer_tokens").all())
+    store.create_viewer_token("acme", "s2", ttl_s=60, now=2000.0)
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM viewer_tokens").scalar() == 1
