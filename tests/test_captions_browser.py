@@ -1,9 +1,10 @@
-"""The captions page in real headless Chromium with a fake microphone, against the test server.
+"""The captions page in real headless Chromium with a fake microphone, against the real service.
 
-The server (tests/captions_server.py) runs the real engine on a random tiny
-checkpoint, which commits random words: enough to show that audio flows
-from the page to the engine and captions flow back to the page and a viewer.
-Screenshots land in artifacts/.
+The service (conftest.py `service`: Ray Serve on a local Ray) runs the
+model replicas on a random tiny checkpoint, which commits random words:
+enough to show that audio flows from the page through the ingest to the
+engine and captions flow back to the page and a viewer. Screenshots land
+in artifacts/.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ from pathlib import Path
 import pytest
 
 from captions.store import StreamStatus, TranscriptStore
-from captions.tenants import Authenticator, add_key, load_tenants
-from engine.config import EngineConfig
-from engine.scheduler import Scheduler
 from tests.browser import find_chromium, launch, screenshot
-from tests.captions_server import ServerThread, build_app
+
+from .conftest import SERVICE_URL, Tenants
 
 pytestmark = pytest.mark.slow
 
@@ -32,25 +31,21 @@ def speech_wav(path: Path) -> Path:
 
 
 @pytest.fixture
-def server(tmp_path: Path, tiny_model, tiny_dir: Path):
-    store = TranscriptStore(f"sqlite:///{tmp_path / 'captions.sqlite3'}")
-    key = add_key(tmp_path / "keys.yaml", "acme")
-    auth = Authenticator(load_tenants(tmp_path / "keys.yaml"))
-    cfg = EngineConfig(model=str(tiny_dir), device="cpu", dtype="float32", max_streams=2, max_batch=2)
-    with ServerThread(build_app(Scheduler(cfg, tiny_model), store, auth)) as running:
-        yield running, store, key
+def browser_ready() -> None:
+    if find_chromium() is None:
+        pytest.skip("chromium/chromedriver missing: run `make browserdeps`")
 
 
-def test_page_shows_live_captions_from_a_fake_microphone(server, tmp_path: Path):
+def test_page_shows_live_captions_from_a_fake_microphone(browser_ready, service, tenants: Tenants, tmp_path: Path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    if find_chromium() is None:
-        pytest.skip("chromium/chromedriver missing: run `make browserdeps`")
-    running, store, key = server
+    key = tenants.keys["acme"]
+    # The replicas' database, read directly: what the page showed must be stored.
+    store = TranscriptStore(tenants.db_url)
     driver = launch(speech_wav(tmp_path / "speech.wav"))
     try:
-        driver.get(f"{running.url}/?key={key}")
+        driver.get(f"{SERVICE_URL}/?key={key}")
         wait = WebDriverWait(driver, 60)
         wait.until(lambda d: d.find_element(By.ID, "start").is_enabled())
         assert Select(driver.find_element(By.ID, "mic")).options  # the fake microphone is listed
@@ -91,7 +86,7 @@ def test_page_shows_live_captions_from_a_fake_microphone(server, tmp_path: Path)
     assert [w.text for w in store.words("acme", session)] == shown
     assert store.stream("acme", session).status is StreamStatus.ENDED
     request = urllib.request.Request(
-        f"{running.url}/v1/streams/{session}/transcript.vtt", headers={"Authorization": f"Bearer {key}"}
+        f"{SERVICE_URL}/v1/streams/{session}/transcript.vtt", headers={"Authorization": f"Bearer {key}"}
     )
     with urllib.request.urlopen(request) as response:
         vtt = response.read().decode()
@@ -108,12 +103,9 @@ import("/static/msgpack.js").then((m) => done({
 """
 
 
-def test_page_msgpack_codec_agrees_with_python_msgpack(server):
+def test_page_msgpack_codec_agrees_with_python_msgpack(browser_ready, service):
     import msgpack
 
-    if find_chromium() is None:
-        pytest.skip("chromium/chromedriver missing: run `make browserdeps`")
-    running, _, _ = server
     value = {
         "type": "words",
         "words": [{"text": "héllo wörld", "start": 0.5, "end": 1.25}] * 20,
@@ -122,7 +114,7 @@ def test_page_msgpack_codec_agrees_with_python_msgpack(server):
     }
     driver = launch()
     try:
-        driver.get(f"{running.url}/static/style.css")  # any page of the server's origin
+        driver.get(f"{SERVICE_URL}/static/style.css")  # any page of the server's origin
         out = driver.execute_async_script(MSGPACK_ROUNDTRIP, list(msgpack.packb(value)), value)
     finally:
         driver.quit()
