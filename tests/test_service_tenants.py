@@ -247,3 +247,45 @@ def test_metrics_count_per_tenant_and_keys_stay_out_of_the_logs(service, tenants
     leaked = [path for path in logs.rglob("*") if path.is_file()
               and any(secret in path.read_text(errors="replace") for secret in secrets)]
     assert not leaked
+
+
+def test_words_a_client_saw_survive_an_ingest_restart(service, tenants: Tenants, samples) -> None:
+    """The ingest replica dies mid-stream; its replacement serves every word the client had received.
+
+    Last in the module: it replaces the ingest replica (and its in-process counters).
+    """
+    import ray
+
+    acme = tenants.keys["acme"]
+
+    async def run():
+        seen: list[dict] = []
+        async with CaptionStream(WS_URL, language="en", api_key=acme) as stream:
+            sender = asyncio.create_task(send_realtime(stream, pcm_chunks(samples, 0.1), 0.1, 1.0))
+            async for frame in stream.frames():
+                assert frame["type"] != "error", frame
+                if frame["type"] == "words":
+                    seen += frame["words"]
+                    break
+            for actor in ray.util.list_named_actors(all_namespaces=True):
+                if actor["name"].startswith("SERVE_REPLICA::captions#Ingest#"):
+                    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        return stream.session_id, seen
+
+    session_id, seen = asyncio.run(run())
+    assert seen
+    deadline = time.monotonic() + 180
+    while True:  # until Serve has started the replacement ingest replica
+        try:
+            response = get(f"/v1/streams/{session_id}/transcript.json", acme)
+        except httpx.TransportError:
+            response = None
+        if response is not None and response.status_code < 500:
+            break
+        assert time.monotonic() < deadline, "no ingest replica came back"
+        time.sleep(1.0)
+    assert response.status_code == 200, response.text
+    # Words are stored before the frame carrying them is sent: none the client saw is missing.
+    assert response.json()["words"][: len(seen)] == seen
