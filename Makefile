@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # workplace keeps on disk); with one, pip picks the default CUDA build.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
 
-.PHONY: test venv sysdeps tiny-en run k8s
+.PHONY: test venv sysdeps browserdeps tiny-en run k8s
 
 venv: $(STAMP)
 
@@ -21,13 +21,21 @@ sysdeps:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng sox >/dev/null; \
 	fi
 
+# Headless Chromium and its WebDriver for the browser test of the captions page.
+browserdeps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing chromium chromium-driver (Debian packages)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-test: sysdeps $(STAMP)
+test: sysdeps browserdeps $(STAMP)
 	$(BIN)/python -m pytest -q -ra
 
 # The service on a local Ray at 127.0.0.1:8000. MODEL: hub id or model directory;

@@ -1,6 +1,6 @@
 """N concurrent real-time WebSocket streams against a running service (`make run`).
 
-    .venv/bin/python benchmarks/service_load.py [--url ws://127.0.0.1:8000/v1/stream]
+    .venv/bin/python benchmarks/service_load.py --key KEY [--url ws://127.0.0.1:8000/v1/stream]
         [--streams 1,2,4,8,16] [--seconds 10] [--wav FILE]
 
 For each N: per-stream word lag p50/p95 (wall time from sending the audio
@@ -43,17 +43,17 @@ class StreamResult:
     error: str | None = None
 
 
-async def one_stream(url: str, samples: np.ndarray) -> StreamResult:
+async def one_stream(url: str, key: str, samples: np.ndarray) -> StreamResult:
     result = StreamResult()
     try:
-        await stream_into(url, samples, result)
+        await stream_into(url, key, samples, result)
     except ServiceError as exc:  # refused at `start` (e.g. overloaded): counts as an error
         result.error = exc.code
     return result
 
 
-async def stream_into(url: str, samples: np.ndarray, result: StreamResult) -> None:
-    async with CaptionStream(url, language="en") as stream:
+async def stream_into(url: str, key: str, samples: np.ndarray, result: StreamResult) -> None:
+    async with CaptionStream(url, language="en", api_key=key) as stream:
         started = time.monotonic()
         sender = asyncio.create_task(send_realtime(stream, pcm_chunks(samples, CHUNK_S), CHUNK_S))
         async for frame in stream.frames():
@@ -87,10 +87,10 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
     return total
 
 
-async def run_level(url: str, samples: np.ndarray, n: int) -> dict:
+async def run_level(url: str, key: str, samples: np.ndarray, n: int) -> dict:
     procs = ingest_processes()
     cpu0, t0 = cpu_seconds(procs), time.monotonic()
-    results = await asyncio.gather(*(one_stream(url, samples) for _ in range(n)))
+    results = await asyncio.gather(*(one_stream(url, key, samples) for _ in range(n)))
     wall = time.monotonic() - t0
     cpu = cpu_seconds(procs) - cpu0
     p50 = [float(np.percentile(r.lags, 50)) for r in results if r.lags]
@@ -113,6 +113,7 @@ async def run_level(url: str, samples: np.ndarray, n: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="ws://127.0.0.1:8000/v1/stream")
+    parser.add_argument("--key", required=True, help="API key of a tenant allowed as many streams as --streams")
     parser.add_argument("--streams", default="1,2,4,8,16,24,32")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--wav", type=Path, default=None, help="audio to stream (default: seeded noise)")
@@ -130,7 +131,7 @@ def main() -> int:
           f"{'ingest CPU/stream':>18}  errors")
     best = 0
     for n in (int(x) for x in args.streams.split(",")):
-        row = asyncio.run(run_level(args.url, samples, n))
+        row = asyncio.run(run_level(args.url, args.key, samples, n))
         print(f"{n:>4} {row['lag_p50_s']:>7.2f}s {row['lag_p95_s']:>7.2f}s {row['worst_stream_p95_s']:>8.2f}s "
               f"{row['end_lag_p95_s']:>11.2f}s {row['words_per_s']:>8.1f} {100 * row['ingest_cpu_per_stream']:>16.1f}%  {row['errors'] or ''}",
               flush=True)

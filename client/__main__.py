@@ -1,8 +1,8 @@
 """Caption a wav file or the microphone through the service, printing words as they arrive.
 
-    python -m client stream FILE.wav [--url ws://127.0.0.1:8000/v1/stream] [--language en] [--speed 1]
-    python -m client mic [--url ...] [--language en]     (needs `pip install .[mic]`)
-    python -m client transcribe FILE.wav [--url http://127.0.0.1:8000]
+    python -m client stream FILE.wav --key KEY [--url ws://127.0.0.1:8000/v1/stream] [--language en] [--speed 1]
+    python -m client mic --key KEY [--url ...] [--language en]     (needs `pip install .[mic]`)
+    python -m client transcribe FILE.wav --key KEY [--url http://127.0.0.1:8000]
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ async def stream_mic(args: argparse.Namespace) -> int:
 
 def transcribe(args: argparse.Namespace) -> int:
     url = args.url.rstrip("/") + "/v1/transcribe" + (f"?language={args.language}" if args.language else "")
-    request = urllib.request.Request(url, data=args.file.read_bytes(), method="POST")
+    headers = {"Authorization": f"Bearer {args.key}"} if args.key else {}
+    request = urllib.request.Request(url, data=args.file.read_bytes(), method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=3600) as response:
             result = json.load(response)
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("file", type=Path)
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--language", default=None)
+    p.add_argument("--key", default=None, help="API key (Authorization: Bearer)")
     args = parser.parse_args(argv)
     try:
         if args.command == "transcribe":

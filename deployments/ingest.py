@@ -3,6 +3,12 @@
     WebSocket /v1/stream     msgpack frames (docs/protocol.md)
     POST      /v1/transcribe a whole audio file -> JSON transcript
     GET       /healthz
+    GET       /metrics       per-tenant usage counters of this replica (Prometheus text)
+    ...                      the captions routes: page, transcripts, viewers (docs/captions.md)
+
+Every stream and transcription needs a tenant's API key (Bearer header or
+?key=); it belongs to that tenant, counts against its quotas, and its
+committed words are stored in the transcript database.
 
 Each socket holds one max_ongoing_requests slot for its life, so ingest
 replicas are sized for many sockets in serve_config.yaml. Sessions whose
@@ -19,14 +25,23 @@ from typing import Any
 
 import numpy as np
 import soundfile
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from captions.errors import CaptionsError
+from captions.fanout import CaptionHub
+from captions.http import caption_routes, error_response
+from captions.quota import QuotaLedger
+from captions.session import CaptionSession
+from captions.store import TranscriptStore
+from captions.tenants import Authenticator, Tenant
 from deployments import protocol
 from deployments.audio_in import AudioDecoder
 from deployments.config import ServiceConfig
@@ -58,16 +73,32 @@ class Ingest:
         # Sessions by id: live ones and, for resume_grace_s, those whose socket dropped.
         self.sessions: dict[str, Relay] = {}
         self.open_sockets = 0
+        # The captions layer (docs/captions.md): $CAPTIONS_DB_URL, $CAPTIONS_KEYS_FILE.
+        self.store = TranscriptStore()
+        self.auth = Authenticator.from_file()
+        self.ledger = QuotaLedger(self.store)
+        self.hub = CaptionHub()
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return Starlette(routes=[
             WebSocketRoute("/v1/stream", self.stream),
             Route("/v1/transcribe", self.transcribe, methods=["POST"]),
             Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/metrics", self.tenant_metrics, methods=["GET"]),
+            *caption_routes(self.store, self.auth, self.hub),
         ])
 
     async def healthz(self, request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "sessions": len(self.sessions)})
+
+    async def tenant_metrics(self, request: Request) -> Response:
+        # captions/metrics.py counts in prometheus_client's default registry, which
+        # Ray's metrics agent does not export; the engine figures go through Ray.
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    async def _authenticate(self, headers: Any, query: Any) -> Tenant:
+        """The key's tenant, or Unauthorized (scrypt runs in the thread pool)."""
+        return await run_in_threadpool(self.auth.authenticate, headers, query)
 
     # ------------------------------------------------------------ WebSocket
     async def stream(self, ws: WebSocket) -> None:
@@ -86,14 +117,18 @@ class Ingest:
         self.metrics.sockets.set(self.open_sockets)
         relay: Relay | None = None
         try:
-            relay, decoder = await self._handshake(ws, sink)
+            tenant = await self._authenticate(ws.headers, ws.query_params)
+            relay, decoder = await self._handshake(ws, sink, tenant)
             await self._pump(ws, relay, decoder)
-        except (protocol.ProtocolError, RelayError) as exc:
+        except (protocol.ProtocolError, RelayError, CaptionsError) as exc:
             await self._fail(ws, sink, exc.code, str(exc), relay)
             return
         except WebSocketDisconnect:
             if relay is not None and (not relay.done.is_set() or relay.sink is None):
                 self._park(relay)
+            elif relay is not None:
+                self._forget(relay)
+                await relay.close_captions()
             return
         finally:
             self.open_sockets -= 1
@@ -103,20 +138,19 @@ class Ingest:
             return
         if relay.done.is_set():
             self._forget(relay)
+            await relay.close_captions()
             code = CLOSE_NORMAL if relay.failure is None else _CLOSE_FOR.get(relay.failure.code, CLOSE_POLICY)
             await ws.close(code)
 
-    async def _handshake(self, ws: WebSocket, sink: Sink) -> tuple[Relay, AudioDecoder]:
+    async def _handshake(self, ws: WebSocket, sink: Sink, tenant: Tenant) -> tuple[Relay, AudioDecoder]:
         frame = protocol.parse_client_frame(await _receive(ws), self.cfg.ingest.max_frame_bytes)
         if not isinstance(frame, protocol.Start):
             raise protocol.ProtocolError("bad_frame", "the first frame must be 'start'")
         decoder = AudioDecoder(frame.sample_rate, frame.encoding, self.cfg.engine.max_chunk_s)
         if frame.resume is not None:
-            relay = self._resume(frame.resume)
+            relay = self._resume(frame.resume, tenant)
         else:
-            relay = Relay(Session(frame.language, self.cfg.ingest.max_replay_s), self.model, self.cfg.ingest,
-                          self.metrics)
-            await relay.start()
+            relay = await self._open_relay(Session(frame.language, self.cfg.ingest.max_replay_s), tenant)
             self.sessions[relay.session.session_id] = relay
         session = relay.session
         await sink(protocol.pack("ready", session_id=session.session_id, resume_token=session.resume_token))
@@ -124,9 +158,28 @@ class Ingest:
         log.info("session %s: socket attached (%s)", session.session_id, "resumed" if frame.resume else "new")
         return relay, decoder
 
-    def _resume(self, resume: protocol.Resume) -> Relay:
+    async def _open_relay(self, session: Session, tenant: Tenant) -> Relay:
+        """A started relay whose stream belongs to `tenant`: QuotaExceeded before any model replica is asked."""
+        relay = Relay(session, self.model, self.cfg.ingest, self.metrics)
+        relay.tenant_id = tenant.id
+        relay.captions = await CaptionSession.start(
+            self.store, self.ledger, self.hub, tenant, session.session_id, session.language
+        )
+        try:
+            await relay.start()
+        except RelayError:
+            await relay.close_captions()
+            raise
+        return relay
+
+    def _resume(self, resume: protocol.Resume, tenant: Tenant) -> Relay:
         relay = self.sessions.get(resume.session_id)
-        if relay is None or not secrets.compare_digest(relay.session.resume_token, resume.token):
+        # Another tenant's session is answered exactly like a missing one: ids do not leak.
+        if (
+            relay is None
+            or relay.tenant_id != tenant.id
+            or not secrets.compare_digest(relay.session.resume_token, resume.token)
+        ):
             raise protocol.ProtocolError("resume_failed", "no resumable session with this id and token")
         if relay.sink is not None:
             raise protocol.ProtocolError("resume_failed", "the session is attached to another socket")
@@ -157,6 +210,8 @@ class Ingest:
                     except BadAudioError as exc:
                         raise RelayError(exc.code, str(exc)) from exc
                     if len(samples):
+                        if relay.captions is not None:
+                            await relay.captions.on_audio(len(samples) / SAMPLE_RATE)  # QuotaExceeded
                         relay.push_audio(samples)
                         self.metrics.audio_s.inc(len(samples) / SAMPLE_RATE)
                 elif isinstance(frame, protocol.End):
@@ -178,6 +233,7 @@ class Ingest:
             self._forget(relay)
             if not relay.done.is_set():
                 await relay.abort()
+            await relay.close_captions()
 
     def _park(self, relay: Relay) -> None:
         """The socket dropped mid-stream: keep the session for resume_grace_s."""
@@ -192,6 +248,7 @@ class Ingest:
                 self._forget(relay)
                 if not relay.done.is_set():
                     await relay.abort()
+                await relay.close_captions()
 
         task = asyncio.get_running_loop().create_task(expire())
         task.add_done_callback(_log_failure)
@@ -201,6 +258,10 @@ class Ingest:
 
     # ------------------------------------------------------------ whole file
     async def transcribe(self, request: Request) -> JSONResponse:
+        try:
+            tenant = await self._authenticate(request.headers, request.query_params)
+        except CaptionsError as exc:
+            return error_response(exc)
         body = await request.body()
         if len(body) > MAX_UPLOAD_BYTES:
             return _error_response("too_large", f"upload exceeds {MAX_UPLOAD_BYTES} bytes")
@@ -209,16 +270,21 @@ class Ingest:
         except BadAudioError as exc:
             return _error_response(exc.code, str(exc))
         language = request.query_params.get("language")
-        relay = Relay(Session(None if language in (None, "auto") else language, self.cfg.ingest.max_replay_s),
-                      self.model, self.cfg.ingest, self.metrics)
+        session = Session(None if language in (None, "auto") else language, self.cfg.ingest.max_replay_s)
+        relay: Relay | None = None
         try:
-            await relay.start()
+            relay = await self._open_relay(session, tenant)
+            await relay.captions.on_audio(len(samples) / SAMPLE_RATE)  # the whole file, before the model sees it
             await _feed_file(relay, samples, self.cfg.ingest.max_pending_s)
             await relay.done.wait()
         except RelayError as exc:
             return _error_response(exc.code, str(exc))
+        except CaptionsError as exc:
+            return error_response(exc)
         finally:
-            relay.stop_tasks()
+            if relay is not None:
+                relay.stop_tasks()
+                await relay.close_captions()
         if relay.failure is not None:
             return _error_response(relay.failure.code, str(relay.failure))
         session = relay.session

@@ -22,10 +22,12 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from captions.session import CaptionSession
+from captions.store import StreamStatus
 from deployments import protocol
 from deployments.config import IngestConfig
 from deployments.metrics import IngestMetrics
-from deployments.session import Session
+from deployments.session import Session, SessionWord
 from engine.features import SAMPLE_RATE
 
 log = logging.getLogger("ray.serve")
@@ -68,6 +70,12 @@ class Relay:
         self._rehome_lock = asyncio.Lock()
         self._end_sent = -1  # incarnation that got `end`
         self._tasks: list[asyncio.Task] = []
+        # The stream's captions bookkeeping (store, quota, viewers); the ingest sets
+        # it and drops it once closed. Fed here, not through the sink, so words are
+        # stored and viewers served while no socket is attached.
+        self.captions: CaptionSession | None = None
+        # The tenant owning the stream: only it may resume the session.
+        self.tenant_id: str | None = None
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -117,6 +125,12 @@ class Relay:
 
     def detach(self) -> None:
         self.sink = None
+
+    async def close_captions(self) -> None:
+        """Once per stream: ENDED after `final`, else INTERRUPTED (frees its slot, refunds unused audio)."""
+        captions, self.captions = self.captions, None
+        if captions is not None:
+            await captions.close(StreamStatus.ENDED if self.session.finished else StreamStatus.INTERRUPTED)
 
     # ------------------------------------------------------------ model calls
     async def _call(self, method: str, *args: Any) -> dict[str, Any]:
@@ -198,12 +212,17 @@ class Relay:
                 raise RelayError(reply["error"]["code"], reply["error"]["message"])
             for event in reply["events"]:
                 if event["type"] in ("words", "final"):
-                    session.add_words(event["words"], event["language"], event["emitted_at"])
+                    new = session.add_words(event["words"], event["language"], event["emitted_at"])
+                    await self._publish_words(new)
                     await self._flush_words()
                 if event["type"] == "partial":
+                    await self._publish({"type": "partial", "text": event["text"]})
                     await self._emit(protocol.pack("partial", text=event["text"]))
                 elif event["type"] == "final":
                     session.finished = True
+                    await self._publish({"type": "final", **self._final_fields()})
+                    # Before the client hears `final`: a transcript fetched right after it is complete.
+                    await self.close_captions()
                     await self._send_final()
                     self.done.set()
                     return
@@ -224,18 +243,36 @@ class Relay:
                 fields["language"] = self.session.detected_language
             await self._emit(protocol.pack("words", **fields))
 
-    async def _send_final(self) -> None:
+    def _final_fields(self) -> dict[str, Any]:
         session = self.session
-        await self._emit(
-            protocol.pack(
-                "final",
-                session_id=session.session_id,
-                text=" ".join(w.text for w in session.words),
-                words=[w.as_dict() for w in session.words],
-                language=session.detected_language,
-                rehomes=session.rehomes,
-            )
-        )
+        return {
+            "session_id": session.session_id,
+            "text": " ".join(w.text for w in session.words),
+            "words": [w.as_dict() for w in session.words],
+            "language": session.detected_language,
+            "rehomes": session.rehomes,
+        }
+
+    async def _send_final(self) -> None:
+        await self._emit(protocol.pack("final", **self._final_fields()))
+
+    async def _publish_words(self, new: list[SessionWord]) -> None:
+        """Store newly committed words (before any socket gets them) and hand them to viewers.
+
+        `first_seq` is their index in the stream, so the same word is stored
+        once whatever replays happen.
+        """
+        if self.captions is None or not new:
+            return
+        msg: dict[str, Any] = {"type": "words", "words": [w.as_dict() for w in new]}
+        if self.session.detected_language:
+            msg["language"] = self.session.detected_language
+        await self.captions.on_message(msg, first_seq=len(self.session.words) - len(new))
+
+    async def _publish(self, msg: dict[str, Any]) -> None:
+        """A message for this stream's viewers (never waits on them)."""
+        if self.captions is not None:
+            await self.captions.on_message(msg)
 
     async def _emit(self, frame: bytes) -> None:
         if self.sink is None:
@@ -259,6 +296,7 @@ def _spawn(coro: Awaitable[None], relay: Relay) -> asyncio.Task:
                 relay.failure = exc
                 relay.metrics.errors.inc(tags={"code": exc.code})
                 log.warning("session %s failed: %s: %s", relay.session.session_id, exc.code, exc)
+                await relay._publish({"type": "error", "code": exc.code, "message": str(exc)})
                 await relay._emit(protocol.error_frame(exc.code, str(exc)))
             relay.done.set()
         except asyncio.CancelledError:

@@ -5,6 +5,11 @@
 The model is explicit: a directory that does not exist is a start-up error
 naming MODEL (never a fallback to another model); a hub id that cannot be
 loaded fails the model replicas, which fails the deployment and this command.
+
+API keys: $CAPTIONS_KEYS_FILE, else artifacts/dev-keys.yaml, created on the
+first run with one key for tenant `dev`, printed once (only its hash is
+kept). The replicas get the keys file and $CAPTIONS_DB_URL (if set) through
+the app's runtime_env.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Any
 import yaml
 
 APP = "captions"
+DEV_KEYS_FILE = Path("artifacts/dev-keys.yaml")
+DEV_TENANT = "dev"
 
 
 class StartupError(Exception):
@@ -50,6 +57,25 @@ def check_model(model: str) -> None:
             f"MODEL={model}: no model directory there{hint}. Pass MODEL=<model dir or hub id>, "
             "e.g. `make run MODEL=Qwen/Qwen3-ASR-1.7B` or a checkpoint from `python -m engine.tiny build DIR`."
         )
+
+
+def captions_env(config: dict[str, Any], dev_keys_file: Path = DEV_KEYS_FILE) -> str | None:
+    """Point the replicas at the keys file (and database); the dev key if one was just created."""
+    from captions.tenants import KEYS_FILE_ENV, add_key
+
+    new_key = None
+    keys_file = os.environ.get(KEYS_FILE_ENV)
+    if keys_file is None:
+        keys_file = str(dev_keys_file.resolve())
+        if not dev_keys_file.is_file():
+            dev_keys_file.parent.mkdir(parents=True, exist_ok=True)
+            new_key = add_key(dev_keys_file, DEV_TENANT)
+    env = {KEYS_FILE_ENV: keys_file}
+    if "CAPTIONS_DB_URL" in os.environ:
+        env["CAPTIONS_DB_URL"] = os.environ["CAPTIONS_DB_URL"]
+    runtime_env = app_config(config).setdefault("runtime_env", {})
+    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env}
+    return new_key
 
 
 def deploy(config: dict[str, Any], timeout_s: float = 600.0) -> None:
@@ -91,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    dev_key = captions_env(config)
     # Model replicas push their open-stream counts this often (Ray's default is 10 s).
     os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "2")
     import ray
@@ -106,12 +133,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     http = config.get("http_options", {})
     base = f"{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+    keys_file = app_config(config)["runtime_env"]["env_vars"]["CAPTIONS_KEYS_FILE"]
+    if dev_key is not None:
+        keys = f"  API key:    {dev_key}   (tenant {DEV_TENANT}; shown only now, kept hashed in {keys_file})\n"
+    else:
+        keys = (f"  API keys:   {keys_file}  (add one: CAPTIONS_KEYS_FILE={keys_file} "
+                ".venv/bin/python -m captions.tenants add-key --tenant dev)\n")
     print(
         f"\ncaptions service running with MODEL={model}\n"
-        f"  stream:     ws://{base}/v1/stream   (python -m client stream FILE.wav --url ws://{base}/v1/stream)\n"
-        f"  file:       curl --data-binary @FILE.wav http://{base}/v1/transcribe\n"
+        f"{keys}"
+        f"  page:       http://{base}/   (paste the key, or open http://{base}/?key=KEY)\n"
+        f"  stream:     ws://{base}/v1/stream   (python -m client stream FILE.wav --key KEY --url ws://{base}/v1/stream)\n"
+        f"  file:       curl -H 'Authorization: Bearer KEY' --data-binary @FILE.wav http://{base}/v1/transcribe\n"
         f"  health:     http://{base}/healthz\n"
-        f"  metrics:    http://127.0.0.1:{args.metrics_port}/metrics\n"
+        f"  metrics:    http://127.0.0.1:{args.metrics_port}/metrics (engine), http://{base}/metrics (per tenant)\n"
         "Ctrl-C stops it.",
         flush=True,
     )

@@ -1,7 +1,9 @@
-"""Shared fixtures: one tiny random checkpoint per test session."""
+"""Shared fixtures: one tiny random checkpoint and one local Ray service per test session."""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +42,75 @@ def noise(seconds: float, seed: int, level: float = 0.1) -> np.ndarray:
     """Deterministic white-noise 'audio' for model-mechanics tests."""
     rng = np.random.default_rng(seed)
     return (rng.standard_normal(int(seconds * SAMPLE_RATE)) * level).clip(-1, 1).astype(np.float32)
+
+
+SERVICE_PORT = 18_765
+SERVICE_URL = f"http://127.0.0.1:{SERVICE_PORT}"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Tenants:
+    """API keys of the service's test tenants, and the files the replicas read."""
+
+    keys: dict[str, str]
+    keys_file: Path
+    db_url: str
+
+
+@pytest.fixture(scope="session")
+def tenants(tmp_path_factory: pytest.TempPathFactory) -> Tenants:
+    """acme: room for every service test; globex: a second tenant; solo: one stream at a time."""
+    from captions.tenants import add_key
+
+    root = tmp_path_factory.mktemp("captions")
+    keys_file = root / "keys.yaml"
+    keys = {
+        "acme": add_key(keys_file, "acme", {"max_concurrent_streams": 100, "audio_minutes_per_period": 10_000.0}),
+        "globex": add_key(keys_file, "globex", {"max_concurrent_streams": 10}),
+        "solo": add_key(keys_file, "solo", {"max_concurrent_streams": 1}),
+    }
+    return Tenants(keys, keys_file, f"sqlite:///{root / 'captions.sqlite3'}")
+
+
+def service_config(tiny_dir: Path, tenants: Tenants) -> dict:
+    """serve_config.yaml with the tiny model, the test port, test limits and the test tenants."""
+    from deployments.run import app_config, load_config
+
+    config = load_config(REPO / "serve_config.yaml", str(tiny_dir))
+    config["http_options"]["port"] = SERVICE_PORT
+    app = app_config(config)
+    app["runtime_env"] = {"env_vars": {"CAPTIONS_KEYS_FILE": str(tenants.keys_file),
+                                       "CAPTIONS_DB_URL": tenants.db_url}}
+    # Steps of exactly min_step_s make the words independent of arrival timing (parity with the CLI).
+    app["args"]["engine"]["max_step_s"] = app["args"]["engine"]["min_step_s"]
+    # Below one 8 s frame, so a burst is refused whatever the timing.
+    app["args"]["ingest"]["max_pending_s"] = 5.0
+    model = next(d for d in app["deployments"] if d["name"] == "ASRModel")
+    model["autoscaling_config"].update(
+        min_replicas=2, max_replicas=3, upscale_delay_s=1, downscale_delay_s=600,
+        policy={**model["autoscaling_config"]["policy"], "policy_kwargs": {"target_streams_per_replica": 2}},
+    )
+    return config
+
+
+@pytest.fixture(scope="session")
+def service(tiny_dir: Path, tenants: Tenants):
+    """Ray + Serve + the captions app with a tiny random model, shared by every test that needs it.
+
+    The model deployment autoscales between 2 and 3 replicas on open streams
+    (target 2 per replica). Only one such cluster can run on a machine (port).
+    """
+    os.environ["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "1"
+    import ray
+    from ray import serve
+
+    from deployments.run import deploy
+
+    ray.init(address="local", num_cpus=8, namespace="serve", include_dashboard=False, log_to_driver=False)
+    try:
+        deploy(service_config(tiny_dir, tenants), timeout_s=300)
+        yield serve
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -1,15 +1,15 @@
 """The service on a real local Ray: real HTTP proxy, real WebSockets, real replicas.
 
-One Ray cluster and one deployment for the whole module (start-up is the
-slow part on 2 cores). The model deployment autoscales between 2 and 3
-replicas on open streams (target 2 per replica); the scale-up test runs last.
+One Ray cluster and one deployment for the test session (the `service`
+fixture in conftest.py; start-up is the slow part on 2 cores). The model
+deployment autoscales between 2 and 3 replicas on open streams (target 2
+per replica); the scale-up test runs last. Streams here are tenant acme's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -20,13 +20,11 @@ import pytest
 import soundfile
 
 from client.stream import CaptionStream, pcm_chunks, send_realtime
-from deployments.run import APP, app_config, deploy, load_config
+from deployments.run import APP, app_config, deploy
 
-from .conftest import noise
+from .conftest import SERVICE_URL, Tenants, noise, service_config
 
-PORT = 18_765
-WS_URL = f"ws://127.0.0.1:{PORT}/v1/stream"
-REPO = Path(__file__).resolve().parent.parent
+WS_URL = SERVICE_URL.replace("http", "ws", 1) + "/v1/stream"
 
 
 @pytest.fixture(scope="module")
@@ -36,38 +34,10 @@ def wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def service_config(tiny_dir: Path) -> dict:
-    """serve_config.yaml with the tiny model, the test port and test limits."""
-    config = load_config(REPO / "serve_config.yaml", str(tiny_dir))
-    config["http_options"]["port"] = PORT
-    app = app_config(config)
-    # Steps of exactly min_step_s make the words independent of arrival timing (parity with the CLI).
-    app["args"]["engine"]["max_step_s"] = app["args"]["engine"]["min_step_s"]
-    # Below one 8 s frame, so a burst is refused whatever the timing.
-    app["args"]["ingest"]["max_pending_s"] = 5.0
-    model = next(d for d in app["deployments"] if d["name"] == "ASRModel")
-    model["autoscaling_config"].update(
-        min_replicas=2, max_replicas=3, upscale_delay_s=1, downscale_delay_s=600,
-        policy={**model["autoscaling_config"]["policy"], "policy_kwargs": {"target_streams_per_replica": 2}},
-    )
-    return config
-
-
 @pytest.fixture(scope="module")
-def service(tiny_dir: Path):
-    """Ray + Serve + the captions app with a tiny random model, shared by this module."""
-    os.environ["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "1"
-    import ray
-    from ray import serve
-
-    config = service_config(tiny_dir)
-    ray.init(address="local", num_cpus=8, namespace="serve", include_dashboard=False, log_to_driver=False)
-    try:
-        deploy(config, timeout_s=300)
-        yield serve
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+def key(tenants: Tenants) -> str:
+    """acme's API key: a tenant without practical limits."""
+    return tenants.keys["acme"]
 
 
 def model_replicas(serve) -> int:
@@ -75,11 +45,12 @@ def model_replicas(serve) -> int:
     return status.replica_states.get("RUNNING", 0)
 
 
-async def stream_file(path: Path, speed: float, language: str = "en", on_words=None) -> tuple[list[dict], dict]:
+async def stream_file(path: Path, key: str, speed: float, language: str = "en",
+                      on_words=None) -> tuple[list[dict], dict]:
     """Stream a wav through the service; (words from `words` frames, the final frame)."""
     samples, _ = soundfile.read(str(path), dtype="float32")
     words: list[dict] = []
-    async with CaptionStream(WS_URL, language=language) as stream:
+    async with CaptionStream(WS_URL, language=language, api_key=key) as stream:
         sender = asyncio.create_task(send_realtime(stream, pcm_chunks(samples, 0.1), 0.1, speed))
         async for frame in stream.frames():
             assert frame["type"] != "error", frame
@@ -103,12 +74,13 @@ def cli_words(path: Path, model: Path) -> list[dict]:
     return [{k: w[k] for k in ("text", "start", "end")} for w in lines if "type" not in w]
 
 
-async def raw_exchange(frames: list[bytes | str]) -> list[dict]:
+async def raw_exchange(frames: list[bytes | str], key: str | None) -> list[dict]:
     """Send frames on a fresh socket; every server frame until it closes (or 20 s)."""
     import websockets
 
     got = []
-    async with websockets.connect(WS_URL) as ws:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with websockets.connect(WS_URL, additional_headers=headers) as ws:
         for f in frames:
             await ws.send(f)
 
@@ -132,7 +104,7 @@ def audio_frame(data: bytes) -> bytes:
     return msgpack.packb({"type": "audio", "data": data}, use_bin_type=True)
 
 
-def test_killed_model_replica_loses_no_committed_word(service, wav: Path) -> None:
+def test_killed_model_replica_loses_no_committed_word(service, wav: Path, key: str) -> None:
     """Two streams on the two replicas; one replica is killed after the first words arrive.
 
     First in the module: with no earlier sessions the router puts the two
@@ -154,7 +126,8 @@ def test_killed_model_replica_loses_no_committed_word(service, wav: Path) -> Non
         before_kill.update({id(stream): list(words)})
 
     async def run():
-        return await asyncio.gather(stream_file(wav, 1.0, on_words=kill_once), stream_file(wav, 1.0))
+        return await asyncio.gather(stream_file(wav, key, 1.0, on_words=kill_once),
+                                    stream_file(wav, key, 1.0))
 
     results = asyncio.run(run())
     assert killed
@@ -167,7 +140,8 @@ def test_killed_model_replica_loses_no_committed_word(service, wav: Path) -> Non
         assert any(words[: len(prefix)] == prefix for words, _ in results)
 
 
-def test_websocket_words_equal_engine_cli_while_bad_streams_fail(service, wav: Path, tiny_dir: Path) -> None:
+def test_websocket_words_equal_engine_cli_while_bad_streams_fail(service, wav: Path, tiny_dir: Path,
+                                                                 key: str) -> None:
     """One good stream through the proxy gives the CLI's words; bad frames on other sockets get their codes."""
     pcm = (noise(1.0, seed=2) * 32767).astype("<i2").tobytes()
     bad_cases = {
@@ -183,8 +157,8 @@ def test_websocket_words_equal_engine_cli_while_bad_streams_fail(service, wav: P
     }
 
     async def run():
-        good = asyncio.create_task(stream_file(wav, speed=2.0))
-        results = await asyncio.gather(*(raw_exchange(f) for f in bad_cases.values()))
+        good = asyncio.create_task(stream_file(wav, key, speed=2.0))
+        results = await asyncio.gather(*(raw_exchange(f, key) for f in bad_cases.values()))
         return await good, dict(zip(bad_cases, results))
 
     (words, final), bad = asyncio.run(run())
@@ -207,18 +181,18 @@ def test_websocket_words_equal_engine_cli_while_bad_streams_fail(service, wav: P
     assert bad["unknown_type"][-1]["type"] == "final"
 
 
-def test_dropped_socket_resumes_and_gets_missed_words(service, wav: Path) -> None:
+def test_dropped_socket_resumes_and_gets_missed_words(service, wav: Path, key: str) -> None:
     samples, _ = soundfile.read(str(wav), dtype="float32")
 
     async def run():
-        stream = CaptionStream(WS_URL, language="en")
+        stream = CaptionStream(WS_URL, language="en", api_key=key)
         async with stream:
             for chunk in pcm_chunks(samples[: 4 * 16000], 0.5):  # under ingest.max_pending_s
                 await stream.send_audio(chunk)
             await stream.end()
         # The socket is gone before any words were read; the session goes on without it.
         await asyncio.sleep(3.0)
-        resumed = CaptionStream(WS_URL, language="en",
+        resumed = CaptionStream(WS_URL, language="en", api_key=key,
                                 resume={"session_id": stream.session_id, "token": stream.resume_token})
         words, final = [], None
         async with resumed:
@@ -233,18 +207,18 @@ def test_dropped_socket_resumes_and_gets_missed_words(service, wav: Path) -> Non
     assert final["type"] == "final" and words and final["words"] == words
 
     async def bad_token():
-        return await raw_exchange([start_frame(resume={"session_id": "nope", "token": "x"})])
+        return await raw_exchange([start_frame(resume={"session_id": "nope", "token": "x"})], key)
 
     assert [f["code"] for f in asyncio.run(bad_token()) if f["type"] == "error"] == ["resume_failed"]
 
 
-def test_healthz_and_transcribe(service, wav: Path, tiny_dir: Path) -> None:
+def test_healthz_and_transcribe(service, wav: Path, key: str) -> None:
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/healthz", timeout=30) as response:
+    with urllib.request.urlopen(f"{SERVICE_URL}/healthz", timeout=30) as response:
         assert json.load(response)["status"] == "ok"
-    request = urllib.request.Request(f"http://127.0.0.1:{PORT}/v1/transcribe?language=en",
-                                     data=wav.read_bytes(), method="POST")
+    request = urllib.request.Request(f"{SERVICE_URL}/v1/transcribe?language=en", data=wav.read_bytes(),
+                                     method="POST", headers={"Authorization": f"Bearer {key}"})
     with urllib.request.urlopen(request, timeout=120) as response:
         result = json.load(response)
     assert result["words"] and result["audio_s"] == pytest.approx(6.0)
@@ -287,10 +261,11 @@ def test_streams_stay_put_when_a_replica_is_added(service) -> None:
     assert new not in set(opened.values()), "a new stream goes to the new, least-loaded replica"
 
 
-def test_scale_down_drains_a_replica_and_its_streams_rehome(service, wav: Path, tiny_dir: Path) -> None:
+def test_scale_down_drains_a_replica_and_its_streams_rehome(service, wav: Path, tiny_dir: Path, tenants: Tenants,
+                                                            key: str) -> None:
     """Lowering max_replicas 3 -> 2 mid-stream drains a replica; its streams continue elsewhere."""
     assert model_replicas(service) == 3, "runs after the scale-up test"
-    config = service_config(tiny_dir)
+    config = service_config(tiny_dir, tenants)
     model = next(d for d in app_config(config)["deployments"] if d["name"] == "ASRModel")
     model["autoscaling_config"]["max_replicas"] = 2
     redeployed: list[asyncio.Future] = []
@@ -301,8 +276,8 @@ def test_scale_down_drains_a_replica_and_its_streams_rehome(service, wav: Path, 
 
     async def run():
         # Six streams opened together spread over all three replicas.
-        results = await asyncio.gather(stream_file(wav, 1.0, on_words=scale_down),
-                                       *(stream_file(wav, 1.0) for _ in range(5)))
+        results = await asyncio.gather(stream_file(wav, key, 1.0, on_words=scale_down),
+                                       *(stream_file(wav, key, 1.0) for _ in range(5)))
         await redeployed[0]
         return results
 

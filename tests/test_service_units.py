@@ -12,9 +12,10 @@ from deployments.autoscaling import OpenStreamsPolicy, desired_replicas
 from deployments.config import ServiceConfig
 from deployments.protocol import Audio, End, ProtocolError, Start, parse_client_frame
 from deployments.replica_loop import ReplicaLoop
+from deployments.run import app_config, captions_env, load_config
 from deployments.session import Session
 
-from .conftest import noise
+from .conftest import REPO, noise
 
 LIMIT = 1024 * 64
 
@@ -125,3 +126,26 @@ def test_replica_loop_delivers_events_through_polls(make_scheduler) -> None:
     events = asyncio.run(run())
     assert events[-1]["type"] == "final"
     assert sum(len(e["words"]) for e in events if e["type"] in ("words", "final")) > 0
+
+
+def test_make_run_creates_a_dev_key_once_and_passes_the_files_to_the_replicas(tmp_path, monkeypatch) -> None:
+    from captions.tenants import Authenticator, load_tenants
+
+    monkeypatch.delenv("CAPTIONS_KEYS_FILE", raising=False)
+    monkeypatch.setenv("CAPTIONS_DB_URL", "sqlite:///" + str(tmp_path / "db.sqlite3"))
+    keys_file = tmp_path / "artifacts" / "dev-keys.yaml"
+    config = load_config(REPO / "serve_config.yaml", None)
+    key = captions_env(config, keys_file)
+    assert Authenticator(load_tenants(keys_file)).tenant_for_key(key).id == "dev"
+    assert key not in keys_file.read_text()
+    assert app_config(config)["runtime_env"]["env_vars"] == {
+        "CAPTIONS_KEYS_FILE": str(keys_file.resolve()), "CAPTIONS_DB_URL": "sqlite:///" + str(tmp_path / "db.sqlite3"),
+    }
+    # The next run reuses the file and shows no key (only its hash exists).
+    assert captions_env(load_config(REPO / "serve_config.yaml", None), keys_file) is None
+    # A configured keys file is used as it is.
+    monkeypatch.setenv("CAPTIONS_KEYS_FILE", "/etc/elsewhere.yaml")
+    config = load_config(REPO / "serve_config.yaml", None)
+    assert captions_env(config, tmp_path / "unused.yaml") is None
+    assert app_config(config)["runtime_env"]["env_vars"]["CAPTIONS_KEYS_FILE"] == "/etc/elsewhere.yaml"
+    assert not (tmp_path / "unused.yaml").exists()

@@ -1,0 +1,93 @@
+"""One published stream's captions bookkeeping: quota, persistence, fan-out.
+
+The ingest makes one CaptionSession per accepted `start` and calls it at
+three points of its WebSocket loop:
+
+    session = await CaptionSession.start(store, ledger, hub, tenant, stream_id, language)
+    await session.on_audio(seconds)          # before feeding an `audio` frame to the engine
+    await session.on_message(msg)            # before sending each server->client frame
+    await session.committed(words)           # words committed while flushing, if not sent as `words`
+    await session.close(StreamStatus.ENDED)  # after `final` (INTERRUPTED if the client vanished)
+
+Words are stored before the frame reaching the publisher is sent, so any
+word a client has seen is in the database; viewers get it first, from the
+hub, without waiting for the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.concurrency import run_in_threadpool
+
+from captions import metrics
+from captions.fanout import CaptionHub
+from captions.quota import AudioMeter, QuotaLedger
+from captions.store import StreamStatus, TranscriptStore
+from captions.tenants import Tenant
+
+
+@dataclass
+class CaptionSession:
+    store: TranscriptStore
+    hub: CaptionHub
+    tenant: Tenant
+    stream_id: str
+    meter: AudioMeter
+    next_seq: int = 0  # seq of the next committed word (its index in the stream)
+    language: str | None = None
+
+    @classmethod
+    async def start(
+        cls, store: TranscriptStore, ledger: QuotaLedger, hub: CaptionHub, tenant: Tenant, stream_id: str,
+        language: str | None, resume: bool = False,
+    ) -> CaptionSession:
+        """Open (or, with `resume`, reopen) the stream: QuotaExceeded, UnknownStream, BadRequest."""
+        if resume:
+            await run_in_threadpool(ledger.resume_stream, tenant, stream_id)
+            stored = await run_in_threadpool(store.words, tenant.id, stream_id)
+            next_seq = stored[-1].seq + 1 if stored else 0
+        else:
+            await run_in_threadpool(ledger.open_stream, tenant, stream_id, language)
+            next_seq = 0
+        hub.open(stream_id)
+        return cls(store, hub, tenant, stream_id, AudioMeter(ledger, tenant, stream_id), next_seq,
+                   None if language in (None, "auto") else language)
+
+    async def on_audio(self, audio_s: float) -> None:
+        """Charge audio to the tenant before it is accepted; QuotaExceeded when the tenant is out."""
+        await run_in_threadpool(self.meter.add, audio_s)
+
+    async def on_message(self, msg: dict, first_seq: int | None = None) -> None:
+        """Fan out a server->client protocol message; a `words` message's words are also stored.
+
+        `final` is only fanned out: its `words` may repeat earlier ones. Words the
+        engine commits while flushing must reach the client (and this method) as a
+        `words` message before `final`, or be passed to `committed`.
+        """
+        self.hub.publish(self.stream_id, msg)
+        self.language = msg.get("language") or self.language
+        if msg.get("type") == "words":
+            await self.committed(msg["words"], first_seq)
+
+    async def committed(self, words: list[dict], first_seq: int | None = None) -> None:
+        """Store newly committed words {text, start, end}.
+
+        `first_seq`: the stream index of the first word when the ingest replays
+        words after re-homing, so a replay overwrites nothing and adds no copies.
+        """
+        if not words:
+            return
+        seq = self.next_seq if first_seq is None else first_seq
+        rows = [(w["text"], float(w["start"]), float(w["end"])) for w in words]
+        await run_in_threadpool(self.store.append_words, self.tenant.id, self.stream_id, seq, rows)
+        self.next_seq = max(self.next_seq, seq + len(rows))
+        metrics.words_committed(self.tenant.id, len(rows))
+
+    async def close(self, status: StreamStatus) -> None:
+        """The stream is over (ENDED) or its client is gone (INTERRUPTED): free its slot, refund audio."""
+        await run_in_threadpool(self.meter.close)
+        await run_in_threadpool(self.store.close_stream, self.tenant.id, self.stream_id, status, self.language)
+        if status is StreamStatus.INTERRUPTED:
+            self.hub.publish(self.stream_id, {"type": "error", "code": "stream_interrupted",
+                                              "message": "the publisher disconnected"})

@@ -1,0 +1,371 @@
+"""Transcript persistence in one SQL database (SQLAlchemy Core).
+
+SQLite by default (a file; `CAPTIONS_DB_URL` or a URL argument selects
+another, e.g. postgresql+psycopg://...), shared by every ingest replica:
+
+- streams: owner tenant, status, language, timestamps, last activity
+- words: committed words keyed by (stream_id, seq), so a replay after
+  re-homing re-sends the same seqs and nothing is duplicated
+- viewer_tokens: SHA-256 of random tokens (high entropy: no salt needed), expiry
+- usage: audio seconds per tenant and period, for quotas (captions.quota)
+
+Every read takes the tenant: another tenant's stream is reported as unknown,
+never as forbidden, so stream ids do not leak.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from captions.errors import BadRequest, TokenExpired, Unauthorized, UnknownStream
+
+DEFAULT_DB_PATH = Path("artifacts/captions.sqlite3")
+# Longest stream id accepted; ids come from clients (resume) and URLs.
+MAX_ID_CHARS = 64
+# Viewer tokens live at most this long.
+MAX_VIEWER_TTL_S = 24 * 3600.0
+
+metadata = sa.MetaData()
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    # One row per tenant seen, locked while its concurrent streams are counted (PostgreSQL).
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+)
+
+streams = sa.Table(
+    "streams",
+    metadata,
+    sa.Column("stream_id", sa.String(MAX_ID_CHARS), primary_key=True),
+    sa.Column("tenant_id", sa.String(64), nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("language", sa.String(16)),
+    sa.Column("created_at", sa.Float, nullable=False),  # unix seconds
+    sa.Column("ended_at", sa.Float),
+    # Heartbeat of an open stream; a stale one no longer counts as concurrent (its replica died).
+    sa.Column("active_at", sa.Float, nullable=False),
+)
+
+words = sa.Table(
+    "words",
+    metadata,
+    sa.Column("stream_id", sa.String(MAX_ID_CHARS), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),  # 0-based index of the word in its stream
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("start_s", sa.Float, nullable=False),
+    sa.Column("end_s", sa.Float, nullable=False),
+)
+
+viewer_tokens = sa.Table(
+    "viewer_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("stream_id", sa.String(MAX_ID_CHARS), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+
+usage = sa.Table(
+    "usage",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("period", sa.String(16), primary_key=True),  # e.g. "2026-11" for a monthly period
+    sa.Column("audio_s", sa.Float, nullable=False),
+)
+
+
+class StreamStatus(str, enum.Enum):
+    OPEN = "open"
+    ENDED = "ended"  # finished normally (`end` from the client, FinalEvent)
+    INTERRUPTED = "interrupted"  # client gone or failed; its committed words are kept
+
+
+@dataclass(frozen=True)
+class StreamRecord:
+    stream_id: str
+    tenant_id: str
+    status: StreamStatus
+    language: str | None
+    created_at: float
+    ended_at: float | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "stream_id": self.stream_id,
+            "status": self.status.value,
+            "language": self.language,
+            "created_at": self.created_at,
+            "ended_at": self.ended_at,
+        }
+
+
+@dataclass(frozen=True)
+class StoredWord:
+    seq: int
+    text: str
+    start: float
+    end: float
+
+
+def database_url(url: str | None = None) -> str:
+    """The URL argument, else $CAPTIONS_DB_URL, else a SQLite file under artifacts/."""
+    return url or os.environ.get("CAPTIONS_DB_URL") or f"sqlite:///{DEFAULT_DB_PATH}"
+
+
+def check_id(stream_id: str) -> str:
+    """Stream ids are short printable tokens (they appear in URLs and logs)."""
+    if not 0 < len(stream_id) <= MAX_ID_CHARS or not all(c.isalnum() or c in "-_" for c in stream_id):
+        raise BadRequest(f"stream id must be 1-{MAX_ID_CHARS} characters of [A-Za-z0-9_-]")
+    return stream_id
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TranscriptStore:
+    """Streams, their committed words, viewer tokens and usage, in one database."""
+
+    def __init__(self, url: str | None = None, stale_s: float = 60.0) -> None:
+        url = database_url(url)
+        self.url = url
+        self.stale_s = stale_s
+        self.engine = _make_engine(url)
+        metadata.create_all(self.engine)
+
+    # ------------------------------------------------------------- streams
+    def open_stream(
+        self, tenant_id: str, stream_id: str, language: str | None, max_concurrent: int, now: float | None = None
+    ) -> bool:
+        """Record a new open stream unless the tenant has `max_concurrent` live ones; False if at the limit.
+
+        Atomic across replicas: the count and the insert are one statement,
+        and on PostgreSQL the tenant row is locked first so concurrent opens
+        of one tenant are serialised (SQLite serialises all writers).
+        """
+        check_id(stream_id)
+        now = time.time() if now is None else now
+        with self.engine.begin() as conn:
+            self._insert_ignore(conn, tenants, {"tenant_id": tenant_id}, ["tenant_id"])
+            conn.execute(sa.select(tenants.c.tenant_id).where(tenants.c.tenant_id == tenant_id).with_for_update())
+            if conn.execute(sa.select(streams.c.stream_id).where(streams.c.stream_id == stream_id)).first():
+                raise BadRequest(f"stream id {stream_id!r} is already taken")
+            live = (
+                sa.select(sa.func.count())
+                .select_from(streams)
+                .where(
+                    streams.c.tenant_id == tenant_id,
+                    streams.c.status == StreamStatus.OPEN.value,
+                    streams.c.active_at >= now - self.stale_s,
+                )
+                .scalar_subquery()
+            )
+            row = sa.select(
+                sa.literal(stream_id, sa.String),
+                sa.literal(tenant_id, sa.String),
+                sa.literal(StreamStatus.OPEN.value, sa.String),
+                sa.literal(language, sa.String),
+                sa.literal(now, sa.Float),
+                sa.literal(now, sa.Float),
+            ).where(live < max_concurrent)
+            inserted = conn.execute(
+                streams.insert().from_select(
+                    ["stream_id", "tenant_id", "status", "language", "created_at", "active_at"], row
+                )
+            )
+            return inserted.rowcount == 1
+
+    def touch(self, tenant_id: str, stream_id: str, now: float | None = None) -> None:
+        """Heartbeat of an open stream (keeps it counted as concurrent)."""
+        now = time.time() if now is None else now
+        with self.engine.begin() as conn:
+            conn.execute(
+                streams.update()
+                .where(streams.c.stream_id == stream_id, streams.c.tenant_id == tenant_id)
+                .values(active_at=now)
+            )
+
+    def resume_stream(
+        self, tenant_id: str, stream_id: str, max_concurrent: int, now: float | None = None
+    ) -> bool:
+        """Reopen an interrupted (or still open) stream of this tenant; False if at the concurrency limit.
+
+        An ended stream cannot be resumed (BadRequest): its transcript is final.
+        The count (other live streams) and the update are one statement, as in open_stream.
+        """
+        now = time.time() if now is None else now
+        if self.stream(tenant_id, stream_id).status is StreamStatus.ENDED:
+            raise BadRequest(f"stream {stream_id!r} has ended and cannot be resumed")
+        with self.engine.begin() as conn:
+            conn.execute(sa.select(tenants.c.tenant_id).where(tenants.c.tenant_id == tenant_id).with_for_update())
+            others = sa.alias(streams, "others")
+            live = (
+                sa.select(sa.func.count())
+                .select_from(others)
+                .where(
+                    others.c.tenant_id == tenant_id,
+                    others.c.stream_id != stream_id,
+                    others.c.status == StreamStatus.OPEN.value,
+                    others.c.active_at >= now - self.stale_s,
+                )
+                .scalar_subquery()
+            )
+            updated = conn.execute(
+                streams.update()
+                .where(
+                    streams.c.stream_id == stream_id,
+                    streams.c.tenant_id == tenant_id,
+                    streams.c.status != StreamStatus.ENDED.value,
+                    live < max_concurrent,
+                )
+                .values(status=StreamStatus.OPEN.value, ended_at=None, active_at=now)
+            )
+            return updated.rowcount == 1
+
+    def close_stream(
+        self, tenant_id: str, stream_id: str, status: StreamStatus, language: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Mark a stream ended or interrupted (it stops counting as concurrent)."""
+        if status is StreamStatus.OPEN:
+            raise ValueError("close_stream needs ENDED or INTERRUPTED")
+        values: dict[str, object] = {"status": status.value, "ended_at": time.time() if now is None else now}
+        if language is not None:
+            values["language"] = language
+        with self.engine.begin() as conn:
+            conn.execute(
+                streams.update()
+                .where(streams.c.stream_id == stream_id, streams.c.tenant_id == tenant_id)
+                .values(**values)
+            )
+
+    def stream(self, tenant_id: str, stream_id: str) -> StreamRecord:
+        """The stream if it belongs to `tenant_id`, else UnknownStream."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(streams).where(streams.c.stream_id == stream_id, streams.c.tenant_id == tenant_id)
+            ).first()
+        if row is None:
+            raise UnknownStream(f"no stream {stream_id!r}")
+        return StreamRecord(
+            row.stream_id, row.tenant_id, StreamStatus(row.status), row.language, row.created_at, row.ended_at
+        )
+
+    # --------------------------------------------------------------- words
+    def append_words(
+        self, tenant_id: str, stream_id: str, first_seq: int, new_words: list[tuple[str, float, float]],
+        now: float | None = None,
+    ) -> None:
+        """Store words `first_seq`, `first_seq + 1`, ... of a stream; seqs already stored are kept as they were."""
+        self.stream(tenant_id, stream_id)  # ownership check
+        if not new_words:
+            return
+        rows = [
+            {"stream_id": stream_id, "seq": first_seq + i, "text": text, "start_s": start, "end_s": end}
+            for i, (text, start, end) in enumerate(new_words)
+        ]
+        with self.engine.begin() as conn:
+            self._insert_ignore(conn, words, rows, ["stream_id", "seq"])
+            conn.execute(
+                streams.update()
+                .where(streams.c.stream_id == stream_id)
+                .values(active_at=time.time() if now is None else now)
+            )
+
+    def words(self, tenant_id: str, stream_id: str, after_seq: int = -1) -> list[StoredWord]:
+        """The stream's stored words with seq > after_seq, in order."""
+        self.stream(tenant_id, stream_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(words)
+                .where(words.c.stream_id == stream_id, words.c.seq > after_seq)
+                .order_by(words.c.seq)
+            ).all()
+        return [StoredWord(r.seq, r.text, r.start_s, r.end_s) for r in rows]
+
+    # -------------------------------------------------------- viewer tokens
+    def create_viewer_token(self, tenant_id: str, stream_id: str, ttl_s: float, now: float | None = None) -> str:
+        """A new read-only token for one stream; only its hash is stored."""
+        self.stream(tenant_id, stream_id)
+        if not 0 < ttl_s <= MAX_VIEWER_TTL_S:
+            raise BadRequest(f"ttl_s must be in (0, {MAX_VIEWER_TTL_S:.0f}]")
+        token = secrets.token_urlsafe(32)
+        now = time.time() if now is None else now
+        expires = now + ttl_s
+        with self.engine.begin() as conn:
+            # Expired tokens are useless; dropping them here keeps the table bounded without a janitor.
+            conn.execute(viewer_tokens.delete().where(viewer_tokens.c.expires_at <= now))
+            conn.execute(viewer_tokens.insert().values(token_hash=_hash_token(token), stream_id=stream_id,
+                                                       expires_at=expires))
+        return token
+
+    def check_viewer_token(self, stream_id: str, token: str, now: float | None = None) -> tuple[StreamRecord, float]:
+        """The stream a token grants and when the token expires, or Unauthorized / TokenExpired."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(viewer_tokens.c.expires_at, streams.c.tenant_id)
+                .join(streams, streams.c.stream_id == viewer_tokens.c.stream_id)
+                .where(viewer_tokens.c.token_hash == _hash_token(token), viewer_tokens.c.stream_id == stream_id)
+            ).first()
+        if row is None:
+            raise Unauthorized("unknown viewer token for this stream")
+        if row.expires_at <= (time.time() if now is None else now):
+            raise TokenExpired("viewer token has expired")
+        return self.stream(row.tenant_id, stream_id), row.expires_at
+
+    # ---------------------------------------------------------------- usage
+    def add_usage(self, tenant_id: str, period: str, audio_s: float, limit_s: float) -> bool:
+        """Add `audio_s` to the tenant's period usage unless that would pass `limit_s`; False then."""
+        with self.engine.begin() as conn:
+            self._insert_ignore(conn, usage, {"tenant_id": tenant_id, "period": period, "audio_s": 0.0},
+                                ["tenant_id", "period"])
+            # One conditional UPDATE: atomic against other replicas charging the same row.
+            updated = conn.execute(
+                usage.update()
+                .where(usage.c.tenant_id == tenant_id, usage.c.period == period,
+                       usage.c.audio_s + audio_s <= limit_s)
+                .values(audio_s=usage.c.audio_s + audio_s)
+            )
+            return updated.rowcount == 1
+
+    def usage_s(self, tenant_id: str, period: str) -> float:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(usage.c.audio_s).where(usage.c.tenant_id == tenant_id, usage.c.period == period)
+            ).scalar()
+        return float(value or 0.0)
+
+    # -------------------------------------------------------------- helpers
+    def _insert_ignore(self, conn: Connection, table: sa.Table, rows: object, keys: list[str]) -> None:
+        """INSERT ... ON CONFLICT DO NOTHING, in the dialect's own syntax."""
+        dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(conn.dialect.name)
+        if dialect is None:
+            raise ValueError(f"unsupported database {conn.dialect.name!r}: use SQLite or PostgreSQL")
+        conn.execute(dialect.insert(table).on_conflict_do_nothing(index_elements=keys), rows)
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # Wait for other writers (replicas) instead of failing with "database is locked".
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _wal(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            # WAL lets readers (viewers, exports) run while a replica writes.
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)

@@ -1,0 +1,145 @@
+"""Transcript store: idempotent appends, tenant isolation, viewer tokens, atomic limits."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from captions.errors import BadRequest, TokenExpired, Unauthorized, UnknownStream
+from captions.store import StreamStatus, TranscriptStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TranscriptStore:
+    return TranscriptStore(f"sqlite:///{tmp_path / 'captions.sqlite3'}")
+
+
+def test_append_is_idempotent_and_ordered(store: TranscriptStore):
+    assert store.open_stream("acme", "s1", "en", max_concurrent=5)
+    store.append_words("acme", "s1", 0, [("hello", 0.0, 0.4), ("world", 0.4, 0.8)])
+    # A replay after re-homing re-sends seq 1 (with slightly different timing) and adds seq 2.
+    store.append_words("acme", "s1", 1, [("world", 0.41, 0.79), ("again", 0.8, 1.2)])
+    got = store.words("acme", "s1")
+    assert [(w.seq, w.text, w.start) for w in got] == [(0, "hello", 0.0), (1, "world", 0.4), (2, "again", 0.8)]
+    assert [w.text for w in store.words("acme", "s1", after_seq=1)] == ["again"]
+
+
+def test_words_survive_a_new_store_on_the_same_database(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    first = TranscriptStore(url)
+    first.open_stream("acme", "s1", None, 5)
+    first.append_words("acme", "s1", 0, [("kept", 0.0, 0.5)])
+    first.engine.dispose()  # the replica restarts
+    assert [w.text for w in TranscriptStore(url).words("acme", "s1")] == ["kept"]
+
+
+def test_other_tenant_sees_unknown_stream(store: TranscriptStore):
+    store.open_stream("acme", "s1", "en", 5)
+    store.append_words("acme", "s1", 0, [("secret", 0.0, 0.5)])
+    for read in (
+        lambda: store.stream("globex", "s1"),
+        lambda: store.words("globex", "s1"),
+        lambda: store.append_words("globex", "s1", 1, [("x", 1.0, 1.2)]),
+        lambda: store.create_viewer_token("globex", "s1", 60),
+        lambda: store.resume_stream("globex", "s1", 5),
+    ):
+        with pytest.raises(UnknownStream):
+            read()
+    store.close_stream("globex", "s1", StreamStatus.ENDED)  # a no-op, not a leak
+    assert store.stream("acme", "s1").status is StreamStatus.OPEN
+    assert [w.text for w in store.words("acme", "s1")] == ["secret"]
+
+
+def test_unknown_and_malformed_ids(store: TranscriptStore):
+    with pytest.raises(UnknownStream):
+        store.words("acme", "nope")
+    with pytest.raises(BadRequest):
+        store.open_stream("acme", "../etc", None, 5)
+    with pytest.raises(BadRequest):
+        store.open_stream("acme", "x" * 65, None, 5)
+    store.open_stream("acme", "dup", None, 5)
+    with pytest.raises(BadRequest):
+        store.open_stream("globex", "dup", None, 5)
+
+
+def test_close_and_resume(store: TranscriptStore):
+    store.open_stream("acme", "s1", None, 5, now=100.0)
+    store.close_stream("acme", "s1", StreamStatus.INTERRUPTED, language="de", now=110.0)
+    rec = store.stream("acme", "s1")
+    assert (rec.status, rec.language, rec.ended_at) == (StreamStatus.INTERRUPTED, "de", 110.0)
+    store.open_stream("acme", "s2", None, 5, now=120.0)
+    assert not store.resume_stream("acme", "s1", max_concurrent=1, now=120.0)  # s2 holds the only slot
+    assert store.stream("acme", "s1").status is StreamStatus.INTERRUPTED
+    assert store.resume_stream("acme", "s1", max_concurrent=2, now=120.0)
+    assert store.stream("acme", "s1").status is StreamStatus.OPEN
+    assert store.resume_stream("acme", "s1", max_concurrent=2, now=121.0)  # re-homing an open stream
+    store.close_stream("acme", "s1", StreamStatus.ENDED)
+    with pytest.raises(BadRequest):
+        store.resume_stream("acme", "s1", 5)  # an ended transcript is final
+
+
+def test_concurrent_limit_counts_only_live_streams(store: TranscriptStore):
+    assert store.open_stream("acme", "a", None, 2, now=1000.0)
+    assert store.open_stream("acme", "b", None, 2, now=1000.0)
+    assert not store.open_stream("acme", "c", None, 2, now=1000.0)
+    assert store.open_stream("globex", "g", None, 2, now=1000.0)  # limits are per tenant
+    store.close_stream("acme", "a", StreamStatus.ENDED)
+    assert store.open_stream("acme", "c", None, 2, now=1000.0)
+    # A stream whose replica died stops its heartbeat; after stale_s it no longer counts.
+    assert not store.open_stream("acme", "d", None, 2, now=1000.0 + store.stale_s - 1)
+    store.touch("acme", "c", now=1000.0 + store.stale_s + 5)
+    assert store.open_stream("acme", "d", None, 2, now=1000.0 + store.stale_s + 5)
+
+
+def test_concurrent_opens_from_many_threads_respect_the_limit(tmp_path: Path):
+    # Separate stores (engines, connections) on one file stand in for several ingest replicas.
+    url = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+    replicas = [TranscriptStore(url) for _ in range(4)]
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def open_many(index: int) -> None:
+        for j in range(5):
+            ok = replicas[index].open_stream("acme", f"r{index}-{j}", None, 3)
+            with lock:
+                results.append(ok)
+
+    threads = [threading.Thread(target=open_many, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(results) == 3
+
+
+def test_usage_charges_up_to_the_limit(store: TranscriptStore):
+    assert store.add_usage("acme", "2026-11", 50.0, limit_s=60.0)
+    assert not store.add_usage("acme", "2026-11", 20.0, limit_s=60.0)
+    assert store.add_usage("acme", "2026-11", 10.0, limit_s=60.0)
+    assert store.usage_s("acme", "2026-11") == 60.0
+    assert store.usage_s("acme", "2026-12") == 0.0
+    assert store.usage_s("globex", "2026-11") == 0.0
+
+
+def test_viewer_tokens(store: TranscriptStore):
+    store.open_stream("acme", "s1", None, 5)
+    store.open_stream("acme", "s2", None, 5)
+    token = store.create_viewer_token("acme", "s1", ttl_s=60, now=1000.0)
+    record, expires_at = store.check_viewer_token("s1", token, now=1059.0)
+    assert (record.stream_id, expires_at) == ("s1", 1060.0)
+    with pytest.raises(TokenExpired):
+        store.check_viewer_token("s1", token, now=1060.0)
+    with pytest.raises(Unauthorized):
+        store.check_viewer_token("s2", token, now=1000.0)  # a token opens one stream only
+    with pytest.raises(Unauthorized):
+        store.check_viewer_token("s1", token + "x", now=1000.0)
+    with pytest.raises(BadRequest):
+        store.create_viewer_token("acme", "s1", ttl_s=10 * 24 * 3600)
+    # Only the hash is stored, and expired tokens are dropped when new ones are made.
+    with store.engine.connect() as conn:
+        assert token not in str(conn.exec_driver_sql("SELECT * FROM viewer_tokens").all())
+    store.create_viewer_token("acme", "s2", ttl_s=60, now=2000.0)
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM viewer_tokens").scalar() == 1
