@@ -32,4 +32,6 @@ RUN if [ -n "$MODEL_ID" ]; then \
 # the installed package.
 COPY --chown=ray:users . /home/ray/app
 WORKDIR /home/ray/app
-RUN pip install --no-cache-dir . && python -I -c "import engine, k8s"
+# psycopg (the project's `postgres` extra, pinned here for a reproducible
+# image): the ingest's transcript database in a cluster is PostgreSQL (CAPTIONS_DB_URL).
+RUN pip install --no-cache-dir . "psycopg[binary]==3.2.3" && python -I -c "import engine, deployments, captions, k8s"
