@@ -102,6 +102,10 @@ def service(tiny_dir: Path, tenants: Tenants):
     (target 2 per replica). Only one such cluster can run on a machine (port).
     """
     os.environ["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "1"
+    # On a loaded 2-core machine the proxy can take longer than Serve's 5 s
+    # readiness check to start; it is then killed and restarted in a loop.
+    os.environ["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] = "60"
+    os.environ["RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"] = "60"
     import ray
     from ray import serve
 

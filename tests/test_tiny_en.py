@@ -1,0 +1,89 @@
+"""The bundled trained model (models/tiny-en) on held-out speech made with espeak-ng.
+
+The clips use sentences that never occur in training, and voices that were
+never heard in training. Bounds are loose (a broken or untrained model sits
+near 100% WER; this model measures ~40% on these clips, see README); the
+quality figures themselves come from benchmarks/quality.py.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import jiwer
+import pytest
+import soundfile
+
+from engine.config import EngineConfig
+from engine.heads import detect, load_timed_clips, read_heads_file
+from engine.loader import load_model
+from engine.tiny_tokenizer import read_words
+from engine.transcribe import transcribe_file
+from training.corpus import HELDOUT_VARIANTS, Job, heldout_sentences, make_clip
+
+MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "tiny-en"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(str(MODEL_DIR), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight held-out clips: four with exact word times, four naturally spoken."""
+    folder = tmp_path_factory.mktemp("heldout")
+    kinds = ["words", "natural"] * 4
+    made, index = 0, 0
+    for text in heldout_sentences(60, read_words()):
+        if made == len(kinds):
+            break
+        result = make_clip(Job(index, "test", 1000 + index, text, kinds[made], HELDOUT_VARIANTS))
+        index += 1
+        if result is None or len(text.split()) < 4:
+            continue
+        clip, samples = result
+        soundfile.write(str(folder / f"{clip.id}.wav"), samples, 16_000, subtype="PCM_16")
+        (folder / f"{clip.id}.json").write_text(json.dumps(asdict(clip)))
+        made += 1
+    return folder
+
+
+def transcribe_all(model, folder: Path, offline: bool) -> tuple[list[str], list[str], list]:
+    refs, hyps, results = [], [], []
+    for wav in sorted(folder.glob("*.wav")):
+        reference = json.loads(wav.with_suffix(".json").read_text())
+        result = transcribe_file(wav, model, EngineConfig(model=str(MODEL_DIR), device="cpu"), 100.0, offline, None)
+        refs.append(reference["text"])
+        hyps.append(result.text)
+        results.append((reference, result))
+    return refs, hyps, results
+
+
+def test_offline_transcribes_heldout_speech(model, clips: Path) -> None:
+    refs, hyps, results = transcribe_all(model, clips, offline=True)
+    assert jiwer.wer(refs, hyps) <= 0.6, list(zip(refs, hyps))
+    assert all(result.language == "en" for _, result in results)  # detected, not forced
+
+
+def test_streaming_transcribes_heldout_speech_with_timestamps(model, clips: Path) -> None:
+    refs, hyps, results = transcribe_all(model, clips, offline=False)
+    assert jiwer.wer(refs, hyps) <= 0.65, list(zip(refs, hyps))
+    errors = []
+    for reference, result in results:
+        truth = {w["text"]: w for w in reference["words"]}
+        for word, emitted_at in result.words:
+            if word.text in truth:
+                errors.append(abs(word.start - truth[word.text]["start"]))
+                assert emitted_at >= word.end - 0.2  # a word is never committed before it is heard
+    assert errors and sorted(errors)[len(errors) // 2] <= 0.3
+
+
+def test_heads_detection_finds_heads_better_than_random(model, clips: Path) -> None:
+    found = detect(model, load_timed_clips(clips, 10), "English", tolerance_s=0.1)
+    best = max(found.scores.values())
+    assert best >= 3 * found.random_baseline and best >= 0.4, (best, found.random_baseline)
+    shipped = read_heads_file(MODEL_DIR / "alignment_heads.json", model.spec)
+    assert shipped[0] in sorted(found.scores, key=found.scores.get, reverse=True)[:4]
