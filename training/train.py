@@ -175,7 +175,7 @@ class AsrLoss:
         The token at position text_start + m + 1 is predicted at position
         text_start + m; that query should look at the audio of its word.
         """
-        times = np.array([self.grid.token_time(k) for k in range(n_audio)])
+        times = self.grid.token_time(np.arange(n_audio, dtype=np.float64))
         guides = []
         for m, j in enumerate(word_of):
             _, start, end = spans[j]
@@ -207,7 +207,7 @@ class AsrLoss:
         for embeds, example in zip(audio, examples):
             if example.spans is None:
                 continue
-            times = np.array([self.grid.token_time(k) for k in range(embeds.shape[0])])
+            times = self.grid.token_time(np.arange(embeds.shape[0], dtype=np.float64))
             label = np.zeros(len(times), dtype=np.int64)
             for word, start, end in example.spans:
                 label[(times >= start) & (times < end)] = self.word_class.get(word, 0)
