@@ -56,8 +56,10 @@ async def error_codes(key_headers: dict[str, str], url: str = WS_URL) -> list[st
     codes = []
     async with websockets.connect(url, additional_headers=key_headers) as ws:
         try:
-            # A bad key is answered without waiting for `start`: the socket may be closed already.
             await ws.send(start)
+        except websockets.ConnectionClosed:
+            pass  # a bad key is answered without waiting for `start`; its error frame is still buffered
+        try:
             async for raw in ws:
                 frame = msgpack.unpackb(raw)
                 if frame["type"] == "error":
