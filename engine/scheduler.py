@@ -315,6 +315,9 @@ class Scheduler:
         """Encode every row's audio after its cached windows, in one batch."""
         window = self.grid.window_frames
         todo = [s for s in rows if s.buffer_frames > s.cached_windows * window]
+        if not todo:
+            # Every buffer is whole cached windows (a final step with no new frames).
+            return
         requests = [
             EncodeRequest(s.buffer.frames[:, s.cached_windows * window :], s.slot, s.conv_chunks) for s in todo
         ]

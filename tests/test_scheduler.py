@@ -10,6 +10,7 @@ from engine.errors import BadAudioError, BadRequestError, OverloadedError, Strea
 from engine.events import ErrorEvent, FinalEvent, PartialEvent, WordsEvent
 from engine.runner import EncodeRequest
 from engine.scheduler import Scheduler
+from engine.transcribe import transcribe
 
 from .conftest import noise
 
@@ -251,3 +252,15 @@ def test_open_with_context_puts_committed_text_in_the_prompt(make_scheduler) -> 
     without = scheduler._plan(plain, False).layout.ids
     assert len(with_context) == len(without) + 4
     assert any(with_context[i : i + 4] == ids[-4:] for i in range(len(with_context)))
+
+
+def test_stream_ending_on_a_window_boundary_finishes(make_scheduler) -> None:
+    """The final step of a buffer that is whole encoder windows has no tail to encode.
+
+    8.008 s is 800 mel frames, one window. Fed at once, the first step caches
+    that window; the final step must go straight to decoding (it once sent
+    the encoder an empty batch and failed the stream).
+    """
+    scheduler = make_scheduler(max_chunk_s=10.0, max_step_s=10.0, max_backlog_s=10.0)
+    result = transcribe(scheduler, noise(128_133 / 16_000, seed=11), chunk_ms=10_000, language="en")
+    assert result.audio_s > 8.0
