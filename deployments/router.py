@@ -8,7 +8,10 @@ the owner is busy. The table lives in the caller's process, which is enough
 because all calls of a stream come from the ingest replica holding its
 WebSocket. When the owner leaves (died, drained, scaled down) its sessions
 are forgotten; their next call lands on another replica, which answers
-`unknown_stream`, and the ingest re-homes the stream.
+`unknown_stream`, and the ingest re-homes the stream. An owner is only ever
+a live replica: Serve reports a routed request after awaiting the replica's
+answer, by which time the replica may have left (the session would otherwise
+wait forever for a replica that is gone).
 """
 
 from __future__ import annotations
@@ -63,6 +66,11 @@ class StickyRouter(RequestRouter):
             return [candidate_replicas]
         session_id = pending_request.metadata.session_id
         owner = self._owners.get(session_id)
+        if owner is not None and owner.replica not in self.curr_replicas:
+            # Died without an update_replicas (on_replica_actor_died): place anew.
+            log.info("sticky router: session %s lost its replica and will re-home", session_id)
+            del self._owners[session_id]
+            owner = None
         if owner is not None:
             owner.last_call = time.monotonic()
             self._owners.move_to_end(session_id)
@@ -79,7 +87,7 @@ class StickyRouter(RequestRouter):
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: object) -> None:
         session_id = pending_request.metadata.session_id
-        if session_id and session_id not in self._owners:
+        if session_id and session_id not in self._owners and replica_id in self.curr_replicas:
             self._owners[session_id] = _Owner(replica_id, time.monotonic())
             self._placing.pop(session_id, None)
         self._forget_idle()

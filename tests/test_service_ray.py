@@ -50,7 +50,9 @@ async def stream_file(path: Path, key: str, speed: float, language: str = "en",
     """Stream a wav through the service; (words from `words` frames, the final frame)."""
     samples, _ = soundfile.read(str(path), dtype="float32")
     words: list[dict] = []
-    async with CaptionStream(WS_URL, language=language, api_key=key) as stream:
+    # A stream left waiting (e.g. on a replica that is gone) fails here, not at pytest's timeout.
+    async with asyncio.timeout(len(samples) / 16_000 / speed + 60), \
+            CaptionStream(WS_URL, language=language, api_key=key) as stream:
         sender = asyncio.create_task(send_realtime(stream, pcm_chunks(samples, 0.1), 0.1, speed))
         async for frame in stream.frames():
             assert frame["type"] != "error", frame

@@ -1,17 +1,20 @@
-"""Service parts without Ray running: wire format, session bookkeeping, autoscaling, replica loop."""
+"""Service parts without Ray running: wire format, session bookkeeping, autoscaling, replica loop, router."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import msgpack
 import numpy as np
 import pytest
+from ray.serve._private.common import DeploymentHandleSource, DeploymentID, ReplicaID
 
 from deployments.autoscaling import OpenStreamsPolicy, desired_replicas
 from deployments.config import ServiceConfig
 from deployments.protocol import Audio, End, ProtocolError, Start, parse_client_frame
 from deployments.replica_loop import ReplicaLoop
+from deployments.router import StickyRouter
 from deployments.run import app_config, captions_env, load_config
 from deployments.session import Session
 
@@ -107,6 +110,48 @@ def test_service_config_rejects_unknown_keys() -> None:
         ServiceConfig.from_args({"ingest": {"max_pending": 3}})
     with pytest.raises(ValueError, match="unknown engine"):
         ServiceConfig.from_args({"engine": {"max_stream": 3}})
+
+
+class FakeReplica:
+    """What StickyRouter and its base class read of a replica."""
+
+    def __init__(self, name: str) -> None:
+        self.replica_id = ReplicaID(unique_id=name, deployment_id=DeploymentID(name="ASRModel", app_name="captions"))
+        self.multiplexed_model_ids: set[str] = set()
+        self.max_ongoing_requests = 8
+
+    async def get_queue_len(self, deadline_s: float) -> int:
+        return 0
+
+
+def routed_request(session_id: str) -> SimpleNamespace:
+    return SimpleNamespace(metadata=SimpleNamespace(session_id=session_id), routing_context=SimpleNamespace())
+
+
+def test_router_never_keeps_a_session_on_a_replica_that_left() -> None:
+    """A session whose replica left is placed anew (its ingest then re-homes it), never left waiting."""
+
+    def names(ranked: list[list[FakeReplica]]) -> list[str]:
+        return [r[0].replica_id.unique_id for r in ranked]
+
+    async def run() -> None:
+        router = StickyRouter(DeploymentID(name="ASRModel", app_name="captions"), DeploymentHandleSource.UNKNOWN)
+        router.initialize_state()
+        a, b, c = FakeReplica("a"), FakeReplica("b"), FakeReplica("c")
+        router.update_replicas([a, b, c])
+        # Serve reports a routed request after awaiting the replica's answer: `a`
+        # may have been scaled down meanwhile.
+        assert names(await router.choose_replicas([a, b, c], routed_request("s"))) == ["a", "b", "c"]
+        router.update_replicas([b, c])
+        router.on_request_routed(routed_request("s"), a.replica_id, None)
+        assert names(await router.choose_replicas([b, c], routed_request("s"))) == ["b", "c"]
+        # An owner that died is dropped without an update_replicas.
+        router.on_request_routed(routed_request("s"), b.replica_id, None)
+        assert names(await router.choose_replicas([b, c], routed_request("s"))) == ["b"]
+        router.on_replica_actor_died(b.replica_id)
+        assert names(await router.choose_replicas([c], routed_request("s"))) == ["c"]
+
+    asyncio.run(run())
 
 
 def test_replica_loop_delivers_events_through_polls(make_scheduler) -> None:
