@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import numpy as np
 
 from engine.features import SAMPLE_RATE
 from training.corpus import HELDOUT_VARIANTS, TRAIN_VARIANTS, Job, heldout_sentences, make_clip, speech_runs
 from engine.tiny_tokenizer import read_words
+from training.data import STRETCH, Corpus, stretch
 
 
 def test_word_clip_has_exact_increasing_word_times() -> None:
@@ -44,3 +48,30 @@ def test_heldout_sentences_are_fixed_and_use_the_word_list() -> None:
     assert first == again
     assert set(" ".join(first).split()) <= set(words)
     assert not set(HELDOUT_VARIANTS) & set(TRAIN_VARIANTS)
+
+
+def test_stretch_plays_faster_and_higher() -> None:
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    faster = stretch(np.sin(2 * np.pi * 200 * t).astype(np.float32), 1.1)
+    assert len(faster) == int(SAMPLE_RATE / 1.1)
+    peak_hz = np.argmax(np.abs(np.fft.rfft(faster))) * SAMPLE_RATE / len(faster)
+    assert abs(peak_hz - 220) < 2
+
+
+def test_examples_keep_word_times_on_the_stretched_audio(tmp_path) -> None:
+    """Every drawn example's word spans lie on its (stretched, maybe cut) audio, and its words are heard."""
+    clip, samples = make_clip(Job(0, "t", 0, "the black cat sat down", "words", TRAIN_VARIANTS)) or (None, None)
+    assert clip is not None
+    split = tmp_path / "train"
+    split.mkdir()
+    (split / "audio.i16").write_bytes(samples.tobytes())
+    (split / "manifest.jsonl").write_text(json.dumps(asdict(clip)) + "\n")
+    corpus, rng = Corpus(split), np.random.default_rng(0)
+    seconds = len(samples) / SAMPLE_RATE
+    for _ in range(40):
+        ex = corpus.example(0, rng, ["word"])
+        audio_s = len(ex.audio) / SAMPLE_RATE
+        assert audio_s <= seconds / STRETCH[0] + 0.01
+        assert ex.spans and all(0 <= a < b <= audio_s + 1e-3 for _, a, b in ex.spans)
+        ends = {w: b for w, _, b in ex.spans}
+        assert ex.words == clip.text.split()[: len(ex.words)] and all(ends[w] <= audio_s for w in ex.words)

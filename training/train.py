@@ -2,6 +2,8 @@
 
     python -m training.train --corpus artifacts/corpus --out models/tiny-en [--minutes 95]
 
+(`make tiny-en` runs the two phases that made the bundled model.)
+
 The model is Qwen3ASRForConditionalGeneration from qwen-asr; the prompt is
 the one the engine builds (engine.prompt); the audio encoder runs batched
 through engine.encoder. Losses:
@@ -310,6 +312,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument(
+        "--curriculum", type=float, default=0.15,
+        help="fraction of the schedule over which the longest clip grows from 5 s to 12 s (0: all lengths at once)",
+    )
     parser.add_argument("--init-from", type=Path, help="start from the model weights of this --work checkpoint")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
@@ -341,6 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.init_from:
         state = torch.load(args.init_from, weights_only=False)
         model.load_state_dict(state["model"])
+        ctc_head.load_state_dict(state["ctc_head"])
         frame_head.load_state_dict(state["frame_head"])
         log.info("model weights from %s (step %d)", args.init_from, state["step"])
     if args.resume and ckpt.exists():
@@ -355,8 +362,8 @@ def main(argv: list[str] | None = None) -> None:
         log.info("resumed at step %d (%.1f min)", step, elapsed / 60)
     started, last_ckpt, window = time.perf_counter() - elapsed, time.perf_counter(), []
     while step < args.steps and (time.perf_counter() - started) < args.minutes * 60:
-        # Curriculum: short clips first, all lengths after the first 15% of the schedule.
-        max_clip = 5.0 + 7.0 * min(1.0, step / (0.15 * args.expected_steps))
+        # Curriculum: short clips first, all lengths after --curriculum of the schedule.
+        max_clip = 5.0 + 7.0 * min(1.0, step / max(1.0, args.curriculum * args.expected_steps))
         indices = batcher.next(max_clip)
         examples = [train.example(i, rng, vocabulary) for i in indices]
         mels = [frontend.offline(ex.audio) for ex in examples]
