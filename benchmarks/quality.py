@@ -22,6 +22,7 @@ offline and as a simulated live stream through the engine CLI's code path
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -87,6 +88,15 @@ def load_references(folder: Path, limit: int) -> list[Reference]:
     return refs
 
 
+def parse_like(value: str, current: object) -> object:
+    """A sweep value as the type of the field's current value."""
+    if isinstance(current, bool):
+        if value.lower() not in ("true", "false"):
+            raise SystemExit(f"{value!r}: expected true or false")
+        return value.lower() == "true"
+    return type(current)(value)
+
+
 def pct(values: list[float], q: float) -> str:
     return f"{np.percentile(values, q):.2f}" if values else "-"
 
@@ -144,10 +154,10 @@ def main() -> None:
         return
     name, values = args.sweep.split("=")
     for value in values.split(","):
-        if name in ("border_s", "rewind_s"):
-            trial = cfg.replace(policy=PolicyConfig(**{**cfg.policy.__dict__, name: float(value)}))
+        if hasattr(cfg.policy, name):
+            trial = cfg.replace(policy=dataclasses.replace(cfg.policy, **{name: parse_like(value, getattr(cfg.policy, name))}))
         else:
-            trial = cfg.replace(**{name: type(getattr(cfg, name))(value)})
+            trial = cfg.replace(**{name: parse_like(value, getattr(cfg, name))})
         print(table(f"{name} = {value}", run(model, trial, refs, args.chunk_ms, language)))
 
 

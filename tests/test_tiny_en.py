@@ -2,8 +2,8 @@
 
 The clips use sentences that never occur in training, and voices that were
 never heard in training. Bounds are loose (a broken or untrained model sits
-near 100% WER; this model measures ~40% on these clips, see README); the
-quality figures themselves come from benchmarks/quality.py.
+near 100% WER; this model measures 10% offline and 12% streaming on these
+clips); the quality figures themselves come from benchmarks/quality.py.
 """
 
 from __future__ import annotations
@@ -64,13 +64,13 @@ def transcribe_all(model, folder: Path, offline: bool) -> tuple[list[str], list[
 
 def test_offline_transcribes_heldout_speech(model, clips: Path) -> None:
     refs, hyps, results = transcribe_all(model, clips, offline=True)
-    assert jiwer.wer(refs, hyps) <= 0.6, list(zip(refs, hyps))
+    assert jiwer.wer(refs, hyps) <= 0.3, list(zip(refs, hyps))
     assert all(result.language == "en" for _, result in results)  # detected, not forced
 
 
 def test_streaming_transcribes_heldout_speech_with_timestamps(model, clips: Path) -> None:
     refs, hyps, results = transcribe_all(model, clips, offline=False)
-    assert jiwer.wer(refs, hyps) <= 0.65, list(zip(refs, hyps))
+    assert jiwer.wer(refs, hyps) <= 0.35, list(zip(refs, hyps))
     errors = []
     for reference, result in results:
         truth = {w["text"]: w for w in reference["words"]}
@@ -86,4 +86,5 @@ def test_heads_detection_finds_heads_better_than_random(model, clips: Path) -> N
     best = max(found.scores.values())
     assert best >= 3 * found.random_baseline and best >= 0.4, (best, found.random_baseline)
     shipped = read_heads_file(MODEL_DIR / "alignment_heads.json", model.spec)
-    assert shipped[0] in sorted(found.scores, key=found.scores.get, reverse=True)[:4]
+    # Several heads align almost equally well: the shipped best must be one of the good ones here too.
+    assert found.scores[shipped[0]] >= 0.8 * best, (shipped[0], found.scores)
