@@ -19,12 +19,11 @@ import msgpack
 import pytest
 import soundfile
 
-from client.stream import CaptionStream, pcm_chunks, send_realtime
+from client.stream import CaptionStream
 from deployments.run import APP, app_config, deploy
 
 from .conftest import SERVICE_URL, Tenants, noise, service_config
-
-WS_URL = SERVICE_URL.replace("http", "ws", 1) + "/v1/stream"
+from .service_client import WS_URL, send_and_drop, stream_samples
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +31,11 @@ def wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("service") / "noise.wav"
     soundfile.write(str(path), noise(6.0, seed=11), 16_000, subtype="PCM_16")
     return path
+
+
+@pytest.fixture(scope="module")
+def samples(wav: Path):
+    return soundfile.read(str(wav), dtype="float32")[0]
 
 
 @pytest.fixture(scope="module")
@@ -43,27 +47,6 @@ def key(tenants: Tenants) -> str:
 def model_replicas(serve) -> int:
     status = serve.status().applications[APP].deployments["ASRModel"]
     return status.replica_states.get("RUNNING", 0)
-
-
-async def stream_file(path: Path, key: str, speed: float, language: str = "en",
-                      on_words=None) -> tuple[list[dict], dict]:
-    """Stream a wav through the service; (words from `words` frames, the final frame)."""
-    samples, _ = soundfile.read(str(path), dtype="float32")
-    words: list[dict] = []
-    # A stream left waiting (e.g. on a replica that is gone) fails here, not at pytest's timeout.
-    async with asyncio.timeout(len(samples) / 16_000 / speed + 60), \
-            CaptionStream(WS_URL, language=language, api_key=key) as stream:
-        sender = asyncio.create_task(send_realtime(stream, pcm_chunks(samples, 0.1), 0.1, speed))
-        async for frame in stream.frames():
-            assert frame["type"] != "error", frame
-            if frame["type"] == "words":
-                words += frame["words"]
-                if on_words is not None:
-                    on_words(stream, words)
-            if frame["type"] == "final":
-                await sender
-                return words, frame
-    raise AssertionError("socket closed without a final frame")
 
 
 def cli_words(path: Path, model: Path) -> list[dict]:
@@ -106,7 +89,7 @@ def audio_frame(data: bytes) -> bytes:
     return msgpack.packb({"type": "audio", "data": data}, use_bin_type=True)
 
 
-def test_killed_model_replica_loses_no_committed_word(service, wav: Path, key: str) -> None:
+def test_killed_model_replica_loses_no_committed_word(service, samples, key: str) -> None:
     """Two streams on the two replicas; one replica is killed after the first words arrive.
 
     First in the module: with no earlier sessions the router puts the two
@@ -117,7 +100,7 @@ def test_killed_model_replica_loses_no_committed_word(service, wav: Path, key: s
     killed: list[str] = []
     before_kill: dict[int, list[dict]] = {}
 
-    def kill_once(stream, words) -> None:
+    async def kill_once(stream, words) -> None:
         if killed:
             return
         for name in ray.util.list_named_actors(all_namespaces=True):
@@ -128,21 +111,20 @@ def test_killed_model_replica_loses_no_committed_word(service, wav: Path, key: s
         before_kill.update({id(stream): list(words)})
 
     async def run():
-        return await asyncio.gather(stream_file(wav, key, 1.0, on_words=kill_once),
-                                    stream_file(wav, key, 1.0))
+        return await asyncio.gather(stream_samples(samples, key, on_words=kill_once), stream_samples(samples, key))
 
     results = asyncio.run(run())
     assert killed
-    assert sum(final["rehomes"] for _, final in results) >= 1, "one stream lived on the killed replica"
-    for words, final in results:
+    assert sum(r.final["rehomes"] for r in results) >= 1, "one stream lived on the killed replica"
+    for r in results:
         # Every committed word reached the client once, in order, and is in the final transcript.
-        assert final["words"] == words
-        assert final["text"] == " ".join(w["text"] for w in words)
+        assert r.final["words"] == r.words
+        assert r.final["text"] == " ".join(w["text"] for w in r.words)
     for prefix in before_kill.values():
-        assert any(words[: len(prefix)] == prefix for words, _ in results)
+        assert any(r.words[: len(prefix)] == prefix for r in results)
 
 
-def test_websocket_words_equal_engine_cli_while_bad_streams_fail(service, wav: Path, tiny_dir: Path,
+def test_websocket_words_equal_engine_cli_while_bad_streams_fail(service, wav: Path, samples, tiny_dir: Path,
                                                                  key: str) -> None:
     """One good stream through the proxy gives the CLI's words; bad frames on other sockets get their codes."""
     pcm = (noise(1.0, seed=2) * 32767).astype("<i2").tobytes()
@@ -159,15 +141,15 @@ def test_websocket_words_equal_engine_cli_while_bad_streams_fail(service, wav: P
     }
 
     async def run():
-        good = asyncio.create_task(stream_file(wav, key, speed=2.0))
+        good = asyncio.create_task(stream_samples(samples, key, speed=2.0))
         results = await asyncio.gather(*(raw_exchange(f, key) for f in bad_cases.values()))
         return await good, dict(zip(bad_cases, results))
 
-    (words, final), bad = asyncio.run(run())
+    good, bad = asyncio.run(run())
     expected = cli_words(wav, tiny_dir)
     assert expected, "the random model commits words on this clip"
-    assert words == expected
-    assert final["text"] == " ".join(w["text"] for w in expected) and final["words"] == expected
+    assert good.words == expected
+    assert good.final["text"] == " ".join(w["text"] for w in expected) and good.final["words"] == expected
 
     def codes(frames: list[dict]) -> list[str]:
         return [f["code"] for f in frames if f["type"] == "error"]
@@ -183,15 +165,9 @@ def test_websocket_words_equal_engine_cli_while_bad_streams_fail(service, wav: P
     assert bad["unknown_type"][-1]["type"] == "final"
 
 
-def test_dropped_socket_resumes_and_gets_missed_words(service, wav: Path, key: str) -> None:
-    samples, _ = soundfile.read(str(wav), dtype="float32")
-
+def test_dropped_socket_resumes_and_gets_missed_words(service, samples, key: str) -> None:
     async def run():
-        stream = CaptionStream(WS_URL, language="en", api_key=key)
-        async with stream:
-            for chunk in pcm_chunks(samples[: 4 * 16000], 0.5):  # under ingest.max_pending_s
-                await stream.send_audio(chunk)
-            await stream.end()
+        stream = await send_and_drop(samples, key, 4.0)
         # The socket is gone before any words were read; the session goes on without it.
         await asyncio.sleep(3.0)
         resumed = CaptionStream(WS_URL, language="en", api_key=key,
@@ -263,7 +239,7 @@ def test_streams_stay_put_when_a_replica_is_added(service) -> None:
     assert new not in set(opened.values()), "a new stream goes to the new, least-loaded replica"
 
 
-def test_scale_down_drains_a_replica_and_its_streams_rehome(service, wav: Path, tiny_dir: Path, tenants: Tenants,
+def test_scale_down_drains_a_replica_and_its_streams_rehome(service, samples, tiny_dir: Path, tenants: Tenants,
                                                             key: str) -> None:
     """Lowering max_replicas 3 -> 2 mid-stream drains a replica; its streams continue elsewhere."""
     assert model_replicas(service) == 3, "runs after the scale-up test"
@@ -272,14 +248,14 @@ def test_scale_down_drains_a_replica_and_its_streams_rehome(service, wav: Path, 
     model["autoscaling_config"]["max_replicas"] = 2
     redeployed: list[asyncio.Future] = []
 
-    def scale_down(stream, words) -> None:
+    async def scale_down(stream, words) -> None:
         if not redeployed:  # a config-only change: Serve updates in place, without restarts
             redeployed.append(asyncio.get_running_loop().run_in_executor(None, deploy, config, 120))
 
     async def run():
         # Six streams opened together spread over all three replicas.
-        results = await asyncio.gather(stream_file(wav, key, 1.0, on_words=scale_down),
-                                       *(stream_file(wav, key, 1.0) for _ in range(5)))
+        results = await asyncio.gather(stream_samples(samples, key, on_words=scale_down),
+                                       *(stream_samples(samples, key) for _ in range(5)))
         await redeployed[0]
         return results
 
@@ -288,6 +264,6 @@ def test_scale_down_drains_a_replica_and_its_streams_rehome(service, wav: Path, 
     while model_replicas(service) != 2:
         assert time.monotonic() < deadline, "the third replica was not scaled down"
         time.sleep(1.0)
-    assert sum(final["rehomes"] for _, final in results) >= 1
-    for words, final in results:
-        assert final["words"] == words
+    assert sum(r.final["rehomes"] for r in results) >= 1
+    for r in results:
+        assert r.final["words"] == r.words

@@ -24,30 +24,12 @@ from captions.store import StoredWord
 from client.stream import CaptionStream, ServiceError, pcm_chunks, send_realtime
 
 from .conftest import SERVICE_URL, Tenants, noise
-
-WS_URL = SERVICE_URL.replace("http", "ws", 1) + "/v1/stream"
+from .service_client import WS_URL, send_and_drop, stream_samples
 
 
 @pytest.fixture(scope="module")
 def samples():
     return noise(5.0, seed=21)
-
-
-async def stream_all(samples, key: str, on_words=None) -> tuple[str, list[dict], dict]:
-    """Stream the samples in real time; (session id, words of `words` frames, the final frame)."""
-    words: list[dict] = []
-    async with CaptionStream(WS_URL, language="en", api_key=key) as stream:
-        sender = asyncio.create_task(send_realtime(stream, pcm_chunks(samples, 0.1), 0.1, 1.0))
-        async for frame in stream.frames():
-            assert frame["type"] != "error", frame
-            if frame["type"] == "words":
-                words += frame["words"]
-                if on_words is not None:
-                    await on_words(stream.session_id, words)
-            if frame["type"] == "final":
-                await sender
-                return stream.session_id, words, frame
-    raise AssertionError("socket closed without a final frame")
 
 
 async def error_codes(key_headers: dict[str, str], url: str = WS_URL) -> list[str]:
@@ -80,7 +62,8 @@ def error_code(response: httpx.Response) -> str:
 
 def test_transcripts_match_the_client_and_other_tenants_see_nothing(service, tenants: Tenants, samples) -> None:
     acme, globex = tenants.keys["acme"], tenants.keys["globex"]
-    session_id, words, final = asyncio.run(stream_all(samples, acme))
+    streamed = asyncio.run(stream_samples(samples, acme))
+    session_id, words, final = streamed.session_id, streamed.words, streamed.final
     assert words, "the random model commits words on this clip"
     assert final["words"] == words
 
@@ -112,11 +95,7 @@ def test_another_tenant_cannot_resume_a_dropped_stream(service, tenants: Tenants
     acme, globex = tenants.keys["acme"], tenants.keys["globex"]
 
     async def run():
-        dropped = CaptionStream(WS_URL, language="en", api_key=acme)
-        async with dropped:
-            for chunk in pcm_chunks(samples[: 3 * 16000], 0.5):  # under ingest.max_pending_s
-                await dropped.send_audio(chunk)
-            await dropped.end()
+        dropped = await send_and_drop(samples, acme, 3.0)
         resume = {"session_id": dropped.session_id, "token": dropped.resume_token}
         # The right id and token, the wrong tenant: refused like a missing session.
         with pytest.raises(ServiceError) as refused:
@@ -145,14 +124,14 @@ def test_bad_keys_are_unauthorized_while_a_parallel_stream_goes_on(service, tena
     }
 
     async def run():
-        good = asyncio.create_task(stream_all(samples, acme))
+        good = asyncio.create_task(stream_samples(samples, acme))
         codes = await asyncio.gather(*(error_codes(headers) for headers in bad.values()),
                                      error_codes({}, f"{WS_URL}?key=ck_nope"))
         return await good, codes
 
-    (_, words, final), codes = asyncio.run(run())
+    good, codes = asyncio.run(run())
     assert codes == [["unauthorized"]] * (len(bad) + 1)
-    assert words and final["words"] == words
+    assert good.words and good.final["words"] == good.words
     response = get("/v1/streams/0123abcd/transcript.json")
     assert (response.status_code, error_code(response)) == (401, "unauthorized")
     response = httpx.post(f"{SERVICE_URL}/v1/transcribe", content=b"RIFF", timeout=60)
@@ -169,7 +148,7 @@ def test_concurrent_stream_limit_is_quota_exceeded(service, tenants: Tenants, sa
             await first.end()
             final = [f async for f in first.frames()][-1]
         # The slot is free again once the first stream has ended.
-        _, _, again = await stream_all(samples[: 2 * 16000], tenants.keys["solo"])
+        again = (await stream_samples(samples[: 2 * 16000], tenants.keys["solo"])).final
         return second, final, again
 
     second, final, again = asyncio.run(run())
@@ -181,10 +160,11 @@ def test_a_late_viewer_gets_recent_captions_then_follows_live(service, tenants: 
     acme = tenants.keys["acme"]
     viewer: dict = {}
 
-    async def follow(session_id: str, seen: list[dict]) -> None:
+    async def follow(stream: CaptionStream, seen: list[dict]) -> None:
         """Joins once the publisher has words, i.e. late."""
         if viewer:
             return
+        session_id = stream.session_id
         viewer["joined_after"] = list(seen)
         async with httpx.AsyncClient(base_url=SERVICE_URL, timeout=60) as client:
             minted = await client.post(f"/v1/streams/{session_id}/viewer-tokens", json={"ttl_s": 600},
@@ -202,10 +182,11 @@ def test_a_late_viewer_gets_recent_captions_then_follows_live(service, tenants: 
         return events
 
     async def run():
-        result = await stream_all(samples, acme, on_words=follow)
+        result = await stream_samples(samples, acme, on_words=follow)
         return result, await viewer["task"]
 
-    (_, words, final), events = asyncio.run(run())
+    streamed, events = asyncio.run(run())
+    words, final = streamed.words, streamed.final
     assert viewer["joined_after"], "the viewer joined after the first words"
     seen = [w for e in events if e["type"] == "words" for w in e["words"]]
     # The backlog brought the words committed before the viewer joined; then every later one.
@@ -215,7 +196,7 @@ def test_a_late_viewer_gets_recent_captions_then_follows_live(service, tenants: 
 
 def test_expired_viewer_token_is_refused(service, tenants: Tenants, samples) -> None:
     acme = tenants.keys["acme"]
-    session_id, _, _ = asyncio.run(stream_all(samples[: 2 * 16000], acme))
+    session_id = asyncio.run(stream_samples(samples[: 2 * 16000], acme)).session_id
     minted = httpx.post(f"{SERVICE_URL}/v1/streams/{session_id}/viewer-tokens", json={"ttl_s": 0.05},
                         headers={"Authorization": f"Bearer {acme}"}, timeout=60)
     token = minted.json()["token"]
