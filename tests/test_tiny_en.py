@@ -2,8 +2,8 @@
 
 The clips use sentences that never occur in training, and voices that were
 never heard in training. Bounds are loose (a broken or untrained model sits
-near 100% WER; this model measures 10% offline and 12% streaming on these
-clips); the quality figures themselves come from benchmarks/quality.py.
+near 100% WER; this model measures about 10% on these clips); the quality
+figures themselves come from benchmarks/quality.py.
 """
 
 from __future__ import annotations

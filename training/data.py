@@ -64,7 +64,9 @@ class Corpus:
     def seconds(self, index: int) -> float:
         return self.clips[index]["samples"] / SAMPLE_RATE
 
-    def example(self, index: int, rng: np.random.Generator, vocabulary: list[str]) -> Example:
+    def example(
+        self, index: int, rng: np.random.Generator, vocabulary: list[str], prefix_fraction: float = PREFIX_FRACTION
+    ) -> Example:
         """Clip `index` as a training example, with the streaming variations drawn from `rng`."""
         clip = self.clips[index]
         factor = float(rng.uniform(*STRETCH))
@@ -74,7 +76,7 @@ class Corpus:
         spans = timed if clip["kind"] == "words" else None
         if clip["kind"] == "silence":
             spans = []
-        if clip["kind"] == "words" and rng.random() < PREFIX_FRACTION:
+        if clip["kind"] == "words" and rng.random() < prefix_fraction:
             cut = float(rng.uniform(0.3, len(audio) / SAMPLE_RATE))
             audio = audio[: int(cut * SAMPLE_RATE)]
             words = [w for w, _, end in timed if end <= cut - HEARD_MARGIN_S]

@@ -49,7 +49,7 @@ from engine.timing import AudioGrid
 from engine.tiny import TinyDims, random_model, save_checkpoint
 from engine.tiny_tokenizer import read_words
 from engine.transcribe import transcribe
-from training.data import Corpus, Example
+from training.data import PREFIX_FRACTION, Corpus, Example
 
 log = logging.getLogger("training")
 
@@ -316,6 +316,10 @@ def main(argv: list[str] | None = None) -> None:
         "--curriculum", type=float, default=0.15,
         help="fraction of the schedule over which the longest clip grows from 5 s to 12 s (0: all lengths at once)",
     )
+    parser.add_argument(
+        "--prefix-fraction", type=float, default=PREFIX_FRACTION,
+        help="share of word-by-word clips cut at a random time (streaming practice)",
+    )
     parser.add_argument("--init-from", type=Path, help="start from the model weights of this --work checkpoint")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
@@ -365,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         # Curriculum: short clips first, all lengths after --curriculum of the schedule.
         max_clip = 5.0 + 7.0 * min(1.0, step / max(1.0, args.curriculum * args.expected_steps))
         indices = batcher.next(max_clip)
-        examples = [train.example(i, rng, vocabulary) for i in indices]
+        examples = [train.example(i, rng, vocabulary, args.prefix_fraction) for i in indices]
         mels = [frontend.offline(ex.audio) for ex in examples]
         losses = loss_fn(examples, mels)
         ctc_weight = args.ctc_weight * max(0.2, 1.0 - step / args.expected_steps)
