@@ -155,7 +155,8 @@ def main() -> None:
     name, values = args.sweep.split("=")
     for value in values.split(","):
         if hasattr(cfg.policy, name):
-            trial = cfg.replace(policy=dataclasses.replace(cfg.policy, **{name: parse_like(value, getattr(cfg.policy, name))}))
+            policy = dataclasses.replace(cfg.policy, **{name: parse_like(value, getattr(cfg.policy, name))})
+            trial = cfg.replace(policy=policy)
         else:
             trial = cfg.replace(**{name: parse_like(value, getattr(cfg, name))})
         print(table(f"{name} = {value}", run(model, trial, refs, args.chunk_ms, language)))

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from client.stream import CaptionStream, pcm_chunks, send_realtime
+from engine.features import SAMPLE_RATE
 
 from .conftest import SERVICE_URL
 
 WS_URL = SERVICE_URL.replace("http", "ws", 1) + "/v1/stream"
-SAMPLE_RATE = 16_000
 
 OnWords = Callable[[CaptionStream, list[dict]], Awaitable[None]]
 

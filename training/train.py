@@ -2,7 +2,7 @@
 
     python -m training.train --corpus artifacts/corpus --out models/tiny-en [--minutes 95]
 
-(`make tiny-en` runs the two phases that made the bundled model.)
+(`make tiny-en` runs the three phases that made the bundled model.)
 
 The model is Qwen3ASRForConditionalGeneration from qwen-asr; the prompt is
 the one the engine builds (engine.prompt); the audio encoder runs batched
