@@ -23,6 +23,14 @@ class ModelMetrics:
         )
         self.batch_size = Histogram("asr_batch_size", description="Streams in one model step.", boundaries=BATCH_BUCKETS)
         self.audio_s = Counter("asr_audio_seconds", description="Seconds of audio decoded.")
+        # Cumulative step figures, for benchmarks/capacity.py's split of the replica's time.
+        self.step_s = Counter("asr_step_seconds", description="Wall time inside scheduler steps.")
+        self.encode_s = Counter("asr_encode_seconds", description="Step time spent encoding audio.")
+        self.prefill_s = Counter("asr_prefill_seconds", description="Step time spent in prefill forwards.")
+        self.decode_s = Counter("asr_decode_seconds", description="Step time spent in token-by-token forwards.")
+        self.steps = Counter("asr_steps", description="Scheduler steps that ran a batch.")
+        self.forwards = Counter("asr_forwards", description="Decoder forwards.")
+        self.batch_rows = Counter("asr_batch_rows", description="Stream rows over all steps.")
         self.word_lag = Histogram(
             "asr_word_lag_s",
             description="Audio received after a word ended before it was committed (seconds of audio).",
@@ -33,9 +41,17 @@ class ModelMetrics:
         self.open_streams.set(open_streams)
         if not result.stats.batch:
             return
-        self.step_latency.observe(result.stats.total_s)
-        self.batch_size.observe(result.stats.batch)
-        self.audio_s.inc(result.stats.audio_s)
+        stats = result.stats
+        self.step_latency.observe(stats.total_s)
+        self.batch_size.observe(stats.batch)
+        self.audio_s.inc(stats.audio_s)
+        self.step_s.inc(stats.total_s)
+        self.encode_s.inc(stats.encode_s)
+        self.prefill_s.inc(stats.prefill_s)
+        self.decode_s.inc(stats.decode_s)
+        self.steps.inc(1)
+        self.forwards.inc(stats.forwards)
+        self.batch_rows.inc(stats.batch)
         for event in result.events:
             if isinstance(event, WordsEvent | FinalEvent):
                 for word in event.words:

@@ -1,0 +1,461 @@
+"""Capacity: how many live captioning streams the service carries (the headline figure).
+
+    .venv/bin/python benchmarks/capacity.py [--streams 8,16,32,48,64,80] [--seconds 60]
+    .venv/bin/python benchmarks/capacity.py --engine-only [--threads 2]
+    .venv/bin/python benchmarks/capacity.py --url ws://HOST:8000/v1/stream --key KEY   # a service already running
+
+The workload is what users have (benchmarks/workload.py): ~60 s streams of
+held-out sentences in held-out voices with 0.3-3 s pauses, the bundled
+trained model (models/tiny-en), partials on, sent at real-time pace in 100 ms
+frames, stream starts staggered over --stagger-s. By default the service is
+started exactly as `make run` starts it (deployments.run with
+serve_config.yaml) with a benchmark tenant, and stopped at the end.
+
+Per N it prints the end-to-end word lag (wall time from sending the audio
+where a committed word ends to receiving that word) p50/p95 over all words,
+words inside speech and utterance-final words (the last word before a
+pause); committed words/s; errors; WER of the final transcripts; CPU
+seconds per stream-second (audio second streamed) of the HTTP proxy, the
+ingest, the model replica(s), the rest of Ray and this client; the model
+replica's split (encode / prefill / decode / the rest of its CPU) from its
+Prometheus counters; mean streams per step and decoder forwards per step.
+Then the largest N with lag p95 <= --max-lag-s and no errors.
+
+--engine-only feeds the same streams on the same clock straight into one
+engine Scheduler in this process (no Ray, no network): the engine's own
+capacity, so the service's overhead is the gap between the two lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.workload import Stream, build_streams, utterance_final  # noqa: E402
+from engine.features import SAMPLE_RATE  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+CHUNK_S = 0.1
+BENCH_TENANT = "bench"
+# Process groups whose CPU time is reported, by a piece of their Ray process title.
+GROUPS = {"proxy": "ProxyActor", "ingest": "ServeReplica:captions:Ingest", "model": "ServeReplica:captions:ASRModel"}
+COUNTERS = ("step_seconds", "encode_seconds", "prefill_seconds", "decode_seconds", "steps", "forwards", "batch_rows")
+
+
+@dataclass
+class StreamRun:
+    """What one stream saw: its words with receive times, its final text, or an error."""
+
+    t0: float = 0.0  # wall time its first audio frame was due (audio second s is sent at t0 + s)
+    words: list[dict] = field(default_factory=list)
+    received: list[float] = field(default_factory=list)
+    text: str | None = None
+    error: str | None = None
+
+
+# ---------------------------------------------------------------- schedule
+def offsets(n: int, stagger_s: float) -> list[float]:
+    """Start of each stream, spread evenly over the stagger window."""
+    return [stagger_s * i / n for i in range(n)]
+
+
+def frame_due(t0: float, k: int) -> float:
+    """Chunk k holds audio [k, k + 1) x CHUNK_S: it exists, and is sent, at its end."""
+    return t0 + (k + 1) * CHUNK_S
+
+
+def sent_at(t0: float, seconds: float) -> float:
+    """Wall time the audio up to stream time `seconds` had been sent."""
+    return frame_due(t0, int(np.floor(seconds / CHUNK_S - 1e-9)))
+
+
+# ---------------------------------------------------------------- service mode
+async def service_stream(url: str, key: str, stream: Stream, start_at: float, deadline: float) -> StreamRun:
+    import msgpack
+    import websockets
+
+    run = StreamRun()
+    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+    pcm = (np.clip(stream.samples, -1, 1) * 32767).astype("<i2")
+    step = int(CHUNK_S * SAMPLE_RATE)
+    frames = [msgpack.packb({"type": "audio", "data": pcm[b : b + step].tobytes()}) for b in range(0, len(pcm), step)]
+    try:
+        async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {key}"},
+                                      max_size=2**24) as ws:
+            await ws.send(msgpack.packb({"type": "start", "sample_rate": SAMPLE_RATE, "encoding": "pcm_s16le",
+                                         "language": "en"}))
+            ready = msgpack.unpackb(await ws.recv())
+            if ready["type"] == "error":
+                run.error = ready["code"]
+                return run
+            run.t0 = time.monotonic()
+
+            async def send() -> None:
+                for k, frame in enumerate(frames):
+                    await asyncio.sleep(max(0.0, frame_due(run.t0, k) - time.monotonic()))
+                    await ws.send(frame)
+                await ws.send(msgpack.packb({"type": "end"}))
+
+            sender = asyncio.create_task(send())
+            try:
+                async with asyncio.timeout(max(1.0, deadline - time.monotonic())):
+                    async for raw in ws:
+                        msg = msgpack.unpackb(raw)
+                        if msg["type"] == "words":
+                            now = time.monotonic()
+                            run.words += msg["words"]
+                            run.received += [now] * len(msg["words"])
+                        elif msg["type"] == "final":
+                            run.text = msg["text"]
+                            break
+                        elif msg["type"] == "error":
+                            run.error = msg["code"]
+                            break
+            except TimeoutError:
+                run.error = "timeout"
+            sender.cancel()
+    except (OSError, websockets.WebSocketException) as exc:
+        run.error = run.error or type(exc).__name__
+    if run.text is None and run.error is None:
+        run.error = "closed"
+    return run
+
+
+async def service_level(url: str, key: str, streams: list[Stream], stagger_s: float) -> list[StreamRun]:
+    begin = time.monotonic() + 1.0
+    longest = max(s.seconds for s in streams)
+    deadline = begin + stagger_s + longest + 90.0
+    starts = offsets(len(streams), stagger_s)
+    return list(await asyncio.gather(*(service_stream(url, key, s, begin + o, deadline)
+                                       for s, o in zip(streams, starts))))
+
+
+def ray_processes() -> dict[str, list[psutil.Process]]:
+    found: dict[str, list[psutil.Process]] = {name: [] for name in (*GROUPS, "ray other")}
+    for proc in psutil.process_iter(["cmdline", "name"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        group = next((g for g, mark in GROUPS.items() if mark in cmdline), None)
+        if group is None and ("ray" in cmdline or "ray" in (proc.info["name"] or "")) and proc.pid != os.getpid():
+            group = "ray other"
+        if group is not None:
+            found[group].append(proc)
+    return found
+
+
+def cpu_times(groups: dict[str, list[psutil.Process]]) -> dict[str, float]:
+    out = {}
+    for name, procs in groups.items():
+        total = 0.0
+        for proc in procs:
+            try:
+                t = proc.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        out[name] = total
+    me = psutil.Process().cpu_times()
+    out["client"] = me.user + me.system
+    return out
+
+
+def scrape(metrics_url: str) -> dict[str, float]:
+    """Sum of each ray_asr_* counter over model replicas."""
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    sums = dict.fromkeys(COUNTERS, 0.0)
+    for line in text.splitlines():
+        match = re.match(r"ray_asr_(\w+?)(?:_total)?(?:\{[^}]*\})? ([0-9.eE+-]+)$", line)
+        if match and match.group(1) in sums:
+            sums[match.group(1)] += float(match.group(2))
+    return sums
+
+
+def settled_counters(metrics_url: str, timeout_s: float = 40.0) -> dict[str, float]:
+    """Counters once Ray's metrics export has caught up (two equal reads in a row)."""
+    last = scrape(metrics_url)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(3.0)
+        now = scrape(metrics_url)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+class Service:
+    """The service as `make run` starts it, with a benchmark tenant; stopped on exit."""
+
+    def __init__(self, model: str, config: Path, metrics_port: int) -> None:
+        from captions.tenants import add_key
+
+        self.tmp = tempfile.TemporaryDirectory(prefix="capacity-")
+        keys = Path(self.tmp.name) / "keys.yaml"
+        self.key = add_key(keys, BENCH_TENANT, {"max_concurrent_streams": 10_000,
+                                                "audio_minutes_per_period": 1e9})
+        env = {**os.environ, "CAPTIONS_KEYS_FILE": str(keys),
+               "CAPTIONS_DB_URL": f"sqlite:///{self.tmp.name}/captions.sqlite3"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "deployments.run", "--config", str(config), "--model", model,
+             "--metrics-port", str(metrics_port)],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        self.log: list[str] = []
+        ready = threading.Event()
+
+        def read() -> None:
+            for line in self.proc.stdout:
+                self.log.append(line)
+                if "captions service running" in line:
+                    ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + 600
+        while not ready.wait(1.0):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the service did not start:\n" + "".join(self.log[-40:]))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.tmp.cleanup()
+
+
+def run_service(args: argparse.Namespace, streams: list[Stream], levels: list[int]) -> list[dict]:
+    service = None
+    url, key = args.url, args.key
+    metrics_url = f"http://127.0.0.1:{args.metrics_port}/metrics"
+    if url is None:
+        service = Service(args.model, args.config, args.metrics_port)
+        url, key = "ws://127.0.0.1:8000/v1/stream", service.key
+    rows = []
+    try:
+        if args.warmup_s > 0:
+            warm = Stream(streams[0].samples[: int(args.warmup_s * SAMPLE_RATE)], [])
+            asyncio.run(service_level(url, key, [warm], 0.0))
+        for n in levels:
+            procs = ray_processes()
+            counters0 = settled_counters(metrics_url)
+            cpu0, wall0 = cpu_times(procs), time.monotonic()
+            runs = asyncio.run(service_level(url, key, streams[:n], args.stagger_s))
+            wall = time.monotonic() - wall0
+            cpu = {k: v - cpu0[k] for k, v in cpu_times(procs).items()}
+            counters = {k: v - counters0[k] for k, v in settled_counters(metrics_url).items()}
+            rows.append(summarise(n, streams[:n], runs, wall, cpu, counters, len(procs["model"])))
+            print_row(rows[-1])
+            if not passes(rows[-1], args.max_lag_s):
+                break
+    finally:
+        if service is not None:
+            service.stop()
+    return rows
+
+
+# ---------------------------------------------------------------- engine-only mode
+def engine_level(scheduler: Any, streams: list[Stream], stagger_s: float) -> tuple[list[StreamRun], dict, float]:
+    """Feed the streams on the wall clock from a thread while this thread steps the scheduler."""
+    runs = [StreamRun() for _ in streams]
+    begin = time.monotonic() + 0.5
+    schedule = []
+    step = int(CHUNK_S * SAMPLE_RATE)
+    for i, (stream, offset) in enumerate(zip(streams, offsets(len(streams), stagger_s))):
+        runs[i].t0 = begin + offset
+        chunks = range(0, len(stream.samples), step)
+        schedule += [(frame_due(runs[i].t0, k), i, b) for k, b in enumerate(chunks)]
+    schedule.sort()
+    last_chunk = {i: max(b for _, j, b in schedule if j == i) for i in range(len(streams))}
+    failed: list[BaseException] = []
+
+    def feed() -> None:
+        try:
+            opened = set()
+            for due, i, b in schedule:
+                time.sleep(max(0.0, due - time.monotonic()))
+                if i not in opened:
+                    scheduler.open(f"s{i}", "en")
+                    opened.add(i)
+                scheduler.feed(f"s{i}", streams[i].samples[b : b + step])
+                if b == last_chunk[i]:
+                    scheduler.end(f"s{i}")
+        except BaseException as exc:  # reported by the stepping thread
+            failed.append(exc)
+            raise
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    totals = dict.fromkeys(COUNTERS, 0.0)
+    cpu0 = time.process_time()
+    feeder.start()
+    finished = 0
+    busy = False
+    while finished < len(streams):
+        if failed:
+            raise RuntimeError("feeding failed") from failed[0]
+        if not busy:
+            scheduler.wait_for_work(0.05)
+        result = scheduler.step()
+        stats = result.stats
+        busy = stats.batch > 0
+        if busy:
+            for name, value in (("step_seconds", stats.total_s), ("encode_seconds", stats.encode_s),
+                                ("prefill_seconds", stats.prefill_s), ("decode_seconds", stats.decode_s),
+                                ("steps", 1), ("forwards", stats.forwards), ("batch_rows", stats.batch)):
+                totals[name] += value
+        now = time.monotonic()
+        for event in result.events:
+            run = runs[int(event.stream_id[1:])]
+            kind = type(event).__name__
+            if kind in ("WordsEvent", "FinalEvent"):
+                run.words += [w.as_dict() for w in event.words]
+                run.received += [now] * len(event.words)
+            if kind == "FinalEvent":
+                run.text = " ".join(w["text"] for w in run.words)
+                finished += 1
+            elif kind == "ErrorEvent":
+                run.error = event.code
+                finished += 1
+    feeder.join()
+    return runs, totals, time.process_time() - cpu0
+
+
+def run_engine(args: argparse.Namespace, streams: list[Stream], levels: list[int]) -> list[dict]:
+    import torch
+
+    from engine.config import EngineConfig
+    from engine.loader import load_model
+    from engine.scheduler import Scheduler
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model, args.device, args.dtype)
+    print(f"engine only: {args.model} on {model.device} ({model.dtype}), torch threads {torch.get_num_threads()}")
+    rows = []
+    for n in levels:
+        cfg = EngineConfig(model=args.model, device=args.device, dtype=args.dtype, max_streams=max(n, 1), max_batch=max(n, 1))
+        scheduler = Scheduler(cfg, model)
+        if args.warmup_s > 0:
+            warm = Stream(streams[0].samples[: int(args.warmup_s * SAMPLE_RATE)], [])
+            engine_level(scheduler, [warm], 0.0)
+        wall0 = time.monotonic()
+        runs, counters, cpu = engine_level(scheduler, streams[:n], args.stagger_s)
+        wall = time.monotonic() - wall0
+        rows.append(summarise(n, streams[:n], runs, wall, {"engine": cpu}, counters, 1))
+        print_row(rows[-1])
+        if not passes(rows[-1], args.max_lag_s):
+            break
+    return rows
+
+
+# ---------------------------------------------------------------- figures
+def summarise(n: int, streams: list[Stream], runs: list[StreamRun], wall: float, cpu: dict[str, float],
+              counters: dict[str, float], model_replicas: int) -> dict:
+    import jiwer
+
+    lags: dict[str, list[float]] = {"all": [], "inside": [], "final": []}
+    for stream, run in zip(streams, runs):
+        finals = utterance_final(run.words, stream.utterances)
+        for word, received, is_final in zip(run.words, run.received, finals):
+            lag = received - sent_at(run.t0, word["end"])
+            lags["all"].append(lag)
+            lags["final" if is_final else "inside"].append(lag)
+    stream_s = sum(s.seconds for s in streams)
+    refs = [s.text for s, r in zip(streams, runs) if r.text is not None]
+    hyps = [r.text for r in runs if r.text is not None]
+    row: dict[str, Any] = {
+        "streams": n,
+        "stream_s": stream_s,
+        "wall_s": wall,
+        "words": sum(len(r.words) for r in runs),
+        "words_per_s": sum(len(r.words) for r in runs) / wall,
+        "errors": [r.error for r in runs if r.error],
+        "wer": float(jiwer.wer(refs, hyps)) if refs else float("nan"),
+        "model_replicas": model_replicas,
+        "cpu_per_stream_s": {k: v / stream_s for k, v in cpu.items()},
+    }
+    for kind, values in lags.items():
+        row[f"lag_{kind}"] = [float(np.percentile(values, q)) if values else float("nan") for q in (50, 95)]
+    steps = counters.get("steps", 0.0)
+    model_cpu = cpu.get("model", cpu.get("engine", 0.0))
+    parts = {k: counters.get(f"{k}_seconds", 0.0) for k in ("encode", "prefill", "decode")}
+    parts["other"] = model_cpu - sum(parts.values())
+    row["split_per_stream_s"] = {k: v / stream_s for k, v in parts.items()}
+    row["step_s_per_stream_s"] = counters.get("step_seconds", 0.0) / stream_s
+    row["mean_batch"] = counters.get("batch_rows", 0.0) / steps if steps else float("nan")
+    row["forwards_per_step"] = counters.get("forwards", 0.0) / steps if steps else float("nan")
+    return row
+
+
+def passes(row: dict, max_lag_s: float) -> bool:
+    return row["lag_all"][1] <= max_lag_s and not row["errors"]
+
+
+def print_header(mode: str) -> None:
+    print(f"\n[{mode}] lag = wall time from sending the audio where a word ends to receiving the word (s)")
+    print("  CPU and split in CPU-seconds per stream-second; split = the model replica's encode/prefill/decode "
+          "step time and the rest of its CPU")
+
+
+def print_row(row: dict) -> None:
+    fmt = lambda pair: f"{pair[0]:5.2f}/{pair[1]:5.2f}"  # noqa: E731
+    cpu = " ".join(f"{k} {v:.4f}" for k, v in row["cpu_per_stream_s"].items())
+    split = " ".join(f"{k} {v:.4f}" for k, v in row["split_per_stream_s"].items())
+    errors = f"{len(row['errors'])} {sorted(set(row['errors']))}" if row["errors"] else "0"
+    print(f"  N={row['streams']:<4d} lag p50/p95 all {fmt(row['lag_all'])}  inside {fmt(row['lag_inside'])}  "
+          f"utterance-final {fmt(row['lag_final'])}  words/s {row['words_per_s']:6.1f}  errors {errors}  "
+          f"WER {100 * row['wer']:4.1f}%", flush=True)
+    print(f"         CPU: {cpu}  | split: {split}  | batch {row['mean_batch']:.1f}  "
+          f"forwards/step {row['forwards_per_step']:.1f}  replicas {row['model_replicas']}", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", default="8,16,32,48,64,80,96")
+    parser.add_argument("--seconds", type=float, default=60.0, help="audio per stream")
+    parser.add_argument("--stagger-s", type=float, default=10.0, help="stream starts spread over this window")
+    parser.add_argument("--max-lag-s", type=float, default=1.5)
+    parser.add_argument("--warmup-s", type=float, default=5.0, help="one short stream before the sweep")
+    parser.add_argument("--model", default="models/tiny-en")
+    parser.add_argument("--engine-only", action="store_true")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="engine only: torch threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--config", type=Path, default=REPO / "serve_config.yaml")
+    parser.add_argument("--metrics-port", type=int, default=9090)
+    parser.add_argument("--url", default=None, help="a running service's /v1/stream (else one is started)")
+    parser.add_argument("--key", default=None, help="with --url: an API key allowed the largest N")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.streams.split(",")]
+    streams = build_streams(max(levels), args.seconds)
+    print(f"{len(streams)} streams of {np.mean([s.seconds for s in streams]):.1f} s (held-out speech, pauses "
+          f"0.3-3 s), {CHUNK_S * 1000:.0f} ms frames at real-time pace, starts over {args.stagger_s:.0f} s")
+    print_header("engine only" if args.engine_only else "service")
+    rows = run_engine(args, streams, levels) if args.engine_only else run_service(args, streams, levels)
+    best = max((r["streams"] for r in rows if passes(r, args.max_lag_s)), default=0)
+    print(f"largest N with lag p95 <= {args.max_lag_s:.1f} s and no errors: {best}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
