@@ -58,7 +58,7 @@ tiny-en: sysdeps $(STAMP)
 	$(BIN)/python -m training.train --corpus artifacts/corpus --out models/tiny-en \
 	  --work artifacts/tiny-en-phase3.work --init-from artifacts/tiny-en-phase2.work/checkpoint.pt \
 	  --minutes 75 --expected-steps 11000 --lr 4e-4 --warmup 100 --curriculum 0 --prefix-fraction 0.6
-	$(BIN)/python -m engine.heads detect --model models/tiny-en --clips artifacts/corpus/heldout
+	$(BIN)/python -m engine.head_detection --model models/tiny-en --clips artifacts/corpus/heldout
 
 # Re-render k8s/manifests/rayservice.yaml after editing serve_config.yaml,
 # k8s/overrides.yaml or k8s/rayservice.base.yaml; commit the result (a test

@@ -319,7 +319,7 @@ def engine_level(scheduler: Any, streams: list[Stream], stagger_s: float) -> tup
         if busy:
             for name, value in (("step_seconds", stats.total_s), ("encode_seconds", stats.encode_s),
                                 ("prefill_seconds", stats.prefill_s), ("decode_seconds", stats.decode_s),
-                                ("steps", 1), ("forwards", stats.forwards), ("batch_rows", stats.batch)):
+                                ("steps", stats.steps), ("forwards", stats.forwards), ("batch_rows", stats.batch)):
                 totals[name] += value
         now = time.monotonic()
         for event in result.events:
@@ -343,7 +343,7 @@ def run_engine(args: argparse.Namespace, streams: list[Stream], levels: list[int
 
     from engine.config import EngineConfig
     from engine.loader import load_model
-    from engine.scheduler import Scheduler
+    from engine.core import Engine
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model, args.device, args.dtype)
@@ -351,7 +351,7 @@ def run_engine(args: argparse.Namespace, streams: list[Stream], levels: list[int
     rows = []
     for n in levels:
         cfg = EngineConfig(model=args.model, device=args.device, dtype=args.dtype, max_streams=max(n, 1), max_batch=max(n, 1))
-        scheduler = Scheduler(cfg, model)
+        scheduler = Engine(cfg, model)
         if args.warmup_s > 0:
             warm = Stream(streams[0].samples[: int(args.warmup_s * SAMPLE_RATE)], [])
             engine_level(scheduler, [warm], 0.0)
@@ -399,8 +399,10 @@ def summarise(n: int, streams: list[Stream], runs: list[StreamRun], wall: float,
     parts["other"] = model_cpu - sum(parts.values())
     row["split_per_stream_s"] = {k: v / stream_s for k, v in parts.items()}
     row["step_s_per_stream_s"] = counters.get("step_seconds", 0.0) / stream_s
-    row["mean_batch"] = counters.get("batch_rows", 0.0) / steps if steps else float("nan")
-    row["forwards_per_step"] = counters.get("forwards", 0.0) / steps if steps else float("nan")
+    forwards, rows = counters.get("forwards", 0.0), counters.get("batch_rows", 0.0)
+    # Rows per forward, and forwards one stream's step takes (its prefill and each decoded token).
+    row["mean_batch"] = rows / forwards if forwards else float("nan")
+    row["forwards_per_step"] = rows / steps if steps else float("nan")
     return row
 
 

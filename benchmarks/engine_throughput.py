@@ -28,7 +28,7 @@ import torch
 from engine.config import EngineConfig
 from engine.features import SAMPLE_RATE
 from engine.loader import LoadedModel, load_model
-from engine.scheduler import Scheduler
+from engine.core import Engine
 
 CHUNK = SAMPLE_RATE // 10
 
@@ -49,7 +49,7 @@ class Run:
         return self.audio_s / self.compute_s
 
 
-def stream_all(scheduler: Scheduler, streams: dict[str, np.ndarray]) -> Run:
+def stream_all(scheduler: Engine, streams: dict[str, np.ndarray]) -> Run:
     """Feed every stream chunk by chunk, stepping until nothing is ready; then end them all."""
     for sid in streams:
         scheduler.open(sid, "en")
@@ -85,8 +85,8 @@ def part_batched(model: LoadedModel, base: EngineConfig, n: int, seconds: float,
     batched_runs, single_runs = [], []
     # Alternate the two modes so that machine noise hits both alike; keep each one's best.
     for _ in range(repeats):
-        batched_runs.append(stream_all(Scheduler(base.replace(max_streams=n, max_batch=n), model), streams))
-        single_runs.append(stream_all(Scheduler(base.replace(max_streams=n, max_batch=1), model), streams))
+        batched_runs.append(stream_all(Engine(base.replace(max_streams=n, max_batch=n), model), streams))
+        single_runs.append(stream_all(Engine(base.replace(max_streams=n, max_batch=1), model), streams))
     batched, single = best_of(batched_runs), best_of(single_runs)
     print(f"\n[batched] {n} streams x {seconds:.0f} s, decode budget {base.fixed_tokens_per_s} tokens/s, best of {repeats}")
     print(f"  batched scheduler     : {batched.throughput:8.1f} audio s per compute s ({batched.steps} steps)")
@@ -98,7 +98,7 @@ def part_long(model: LoadedModel, base: EngineConfig) -> None:
     cfg = base.replace(max_streams=1, max_batch=1)
     runs = {}
     for seconds in (10.0, 120.0, 10.0, 120.0):
-        run = stream_all(Scheduler(cfg, model), {"x": noise(seconds, 7)})
+        run = stream_all(Engine(cfg, model), {"x": noise(seconds, 7)})
         best = runs.get(seconds)
         if best is None or run.compute_s < best.compute_s:
             runs[seconds] = run
@@ -111,7 +111,7 @@ def part_long(model: LoadedModel, base: EngineConfig) -> None:
 
 def round_time(model: LoadedModel, base: EngineConfig, n: int, warm_s: float, rounds: int) -> tuple[float, dict]:
     """Seconds per round of n streams each advancing min_step_s, with full buffers."""
-    scheduler = Scheduler(base.replace(max_streams=n, max_batch=n), model)
+    scheduler = Engine(base.replace(max_streams=n, max_batch=n), model)
     step_s = base.min_step_s
     for i in range(n):
         scheduler.open(f"s{i}", "en")

@@ -1,4 +1,4 @@
-"""The model deployment: one engine Scheduler per replica, all its streams.
+"""The model deployment: one engine per replica, all its streams.
 
 Every method takes the stream id, which is also the handle's `session_id`,
 so the StickyRouter sends all calls of a stream here. Engine errors come back
@@ -20,7 +20,7 @@ from deployments.metrics import ModelMetrics
 from deployments.replica_loop import ReplicaLoop
 from engine.errors import EngineError
 from engine.loader import load_model
-from engine.scheduler import Scheduler
+from engine.core import Engine
 
 log = logging.getLogger("ray.serve")
 
@@ -39,7 +39,7 @@ class ASRModel:
         model = load_model(cfg.engine.model, cfg.engine.device, cfg.engine.dtype)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.metrics = ModelMetrics()
-        scheduler = Scheduler(cfg.engine, model)
+        scheduler = Engine(cfg.engine, model)
         # An ingest polls every poll_wait_s; many missed polls mean it is gone.
         idle_timeout_s = max(30.0, 20 * cfg.ingest.poll_wait_s)
         self.loop = ReplicaLoop(

@@ -19,18 +19,18 @@ class ModelMetrics:
     def __init__(self) -> None:
         self.open_streams = Gauge("asr_open_streams", description="Streams open on this model replica.")
         self.step_latency = Histogram(
-            "asr_step_latency_s", description="Wall time of one scheduler step.", boundaries=STEP_BUCKETS_S
+            "asr_step_latency_s", description="Wall time of one engine step (one forward).", boundaries=STEP_BUCKETS_S
         )
-        self.batch_size = Histogram("asr_batch_size", description="Streams in one model step.", boundaries=BATCH_BUCKETS)
+        self.batch_size = Histogram("asr_batch_size", description="Stream rows in one forward.", boundaries=BATCH_BUCKETS)
         self.audio_s = Counter("asr_audio_seconds", description="Seconds of audio decoded.")
         # Cumulative step figures, for benchmarks/capacity.py's split of the replica's time.
         self.step_s = Counter("asr_step_seconds", description="Wall time inside scheduler steps.")
         self.encode_s = Counter("asr_encode_seconds", description="Step time spent encoding audio.")
         self.prefill_s = Counter("asr_prefill_seconds", description="Step time spent in prefill forwards.")
         self.decode_s = Counter("asr_decode_seconds", description="Step time spent in token-by-token forwards.")
-        self.steps = Counter("asr_steps", description="Scheduler steps that ran a batch.")
-        self.forwards = Counter("asr_forwards", description="Decoder forwards.")
-        self.batch_rows = Counter("asr_batch_rows", description="Stream rows over all steps.")
+        self.steps = Counter("asr_steps", description="Stream steps decoded (a prefill and its tokens).")
+        self.forwards = Counter("asr_forwards", description="Decoder forwards (engine iterations).")
+        self.batch_rows = Counter("asr_batch_rows", description="Stream rows over all forwards.")
         self.word_lag = Histogram(
             "asr_word_lag_s",
             description="Audio received after a word ended before it was committed (seconds of audio).",
@@ -49,7 +49,7 @@ class ModelMetrics:
         self.encode_s.inc(stats.encode_s)
         self.prefill_s.inc(stats.prefill_s)
         self.decode_s.inc(stats.decode_s)
-        self.steps.inc(1)
+        self.steps.inc(stats.steps)
         self.forwards.inc(stats.forwards)
         self.batch_rows.inc(stats.batch)
         for event in result.events:

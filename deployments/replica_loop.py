@@ -1,4 +1,4 @@
-"""One model replica's loop around the engine Scheduler, without Ray.
+"""One model replica's loop around the engine, without Ray.
 
 A thread runs `scheduler.step()` whenever there is work (vLLM-style: pick ->
 run -> publish); its events go to per-stream outboxes, which the ingest
@@ -21,7 +21,7 @@ import numpy as np
 
 from engine.errors import UnknownStreamError
 from engine.events import ErrorEvent, Event, FinalEvent, PartialEvent, StepResult, WordsEvent
-from engine.scheduler import Scheduler
+from engine.core import Engine
 
 # "ray.serve": the logger Serve writes to each replica's log file.
 log = logging.getLogger("ray.serve")
@@ -57,10 +57,10 @@ class Outbox:
 
 
 class ReplicaLoop:
-    """Owns a Scheduler, its stepping thread and the streams' outboxes."""
+    """Owns an Engine, its stepping thread and the streams' outboxes."""
 
     def __init__(
-        self, scheduler: Scheduler, idle_timeout_s: float, on_step: Callable[[StepResult], None] = lambda r: None
+        self, scheduler: Engine, idle_timeout_s: float, on_step: Callable[[StepResult], None] = lambda r: None
     ) -> None:
         self.scheduler = scheduler
         self.idle_timeout_s = idle_timeout_s

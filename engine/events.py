@@ -49,16 +49,19 @@ Event = WordsEvent | PartialEvent | FinalEvent | ErrorEvent
 
 @dataclass
 class StepStats:
-    """Figures of one step, for metrics and benchmarks."""
+    """Figures of one engine iteration (one forward), for metrics and benchmarks."""
 
-    batch: int = 0
-    audio_s: float = 0.0  # new audio decoded in this step, summed over rows
+    batch: int = 0  # rows in the forward
+    new_rows: int = 0  # of them, streams whose step starts here (a prefill)
+    steps: int = 0  # stream steps that ended here
+    audio_s: float = 0.0  # new audio the new rows decode, summed over rows
     encode_s: float = 0.0
+    # The forward's time, split between prefill and decoded tokens by token share.
     prefill_s: float = 0.0
-    decode_s: float = 0.0  # token-by-token forwards after the prefill
+    decode_s: float = 0.0
     total_s: float = 0.0
     forwards: int = 0
-    prefill_tokens: int = 0  # prompt positions computed (not reused) in the prefill
+    prefill_tokens: int = 0  # prompt positions computed (not reused) by the new rows
     tokens: int = 0  # transcript tokens committed
     stops: dict[str, int] = field(default_factory=dict)
     forced_trims: int = 0

@@ -10,11 +10,17 @@ their attention over the audio tokens). Their median is where the new token
 * REWIND: it looks more than `rewind_s` before the previous token; the
   decoder went back over audio it already transcribed (repetition), so the
   token is dropped and decoding pauses.
+* REPEAT: the token starts a new word at or before the start of the last
+  committed word (the same word again at the same place, or an earlier
+  one): the decoder is re-reading audio it already transcribed. The
+  committed timeline is strictly increasing in word starts, so a word is
+  never committed twice; unlike the other two this holds after the stream
+  ended too.
 * CONTINUE: commit the token and decode the next one.
 
 Once the stream has ended (`final`) all audio is there: plain greedy
-decoding to the end of text, as offline. Thresholds are seconds of audio,
-independent of the buffer length.
+decoding to the end of text, as offline (REPEAT aside). Thresholds are
+seconds of audio, independent of the buffer length.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class Verdict(IntEnum):
     CONTINUE = 0
     BORDER = 1
     REWIND = 2
+    REPEAT = 3
 
 
 @dataclass(frozen=True)
@@ -47,19 +54,32 @@ class PolicyConfig:
             raise ValueError(f"border_s must be >= 0 and rewind_s > 0, got {self}")
 
 
-def decide(
-    head_times: np.ndarray, audio_end_s: np.ndarray, last_s: np.ndarray, final: np.ndarray, cfg: PolicyConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """Verdicts for B rows.
+# Two attended times closer than this are the same place (half an encoder token, 80 ms).
+SAME_PLACE_S = 0.04
 
-    head_times: float[B, H] seconds each alignment head attends to;
-    audio_end_s: float[B] end of the audio each row has seen;
-    last_s: float[B] where the previous committed token looked (-inf if none);
-    final: bool[B] the stream has ended: always CONTINUE.
+
+@dataclass(frozen=True)
+class Rows:
+    """What the policy knows about B rows' newest token (all arrays [B])."""
+
+    audio_end_s: np.ndarray  # end of the audio the row has seen
+    last_s: np.ndarray  # where the previous committed token looked (-inf if none)
+    new_word: np.ndarray  # bool: the token starts a word
+    last_word_s: np.ndarray  # start of the last committed word (-inf if none)
+    same_token: np.ndarray  # bool: the token is the first token of the last committed word
+    final: np.ndarray  # bool: the stream has ended (no border, no rewind)
+
+
+def decide(head_times: np.ndarray, rows: Rows, cfg: PolicyConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Verdicts for B rows from head_times float[B, H], the seconds each alignment head attends to.
+
     Returns (verdict int8[B], attended_s float[B]).
     """
     attended = np.median(head_times, axis=1)
-    rewind = (last_s - attended > cfg.rewind_s) & ~final
-    border = (audio_end_s - attended <= cfg.border_s) & ~final
-    verdict = np.where(rewind, Verdict.REWIND, np.where(border, Verdict.BORDER, Verdict.CONTINUE))
+    earlier = attended < rows.last_word_s - SAME_PLACE_S
+    again = (np.abs(attended - rows.last_word_s) <= SAME_PLACE_S) & rows.same_token
+    repeat = rows.new_word & (earlier | again)
+    rewind = (rows.last_s - attended > cfg.rewind_s) & ~rows.final
+    border = (rows.audio_end_s - attended <= cfg.border_s) & ~rows.final
+    verdict = np.select([repeat, rewind, border], [Verdict.REPEAT, Verdict.REWIND, Verdict.BORDER], Verdict.CONTINUE)
     return verdict.astype(np.int8), attended

@@ -1,17 +1,20 @@
 """The model runner: batched audio encoding and decoder forwards over slots.
 
 The runner holds device memory indexed by slot (decoder key/values, audio
-embeddings) but no stream state: the scheduler owns slots and tells the
-runner, per call, which slot each batch row uses and which positions are
-valid. It drives the checkpoint's own modules (projections, norms, MLPs,
-rotary embedding) with batching the HF forward does not do:
+embeddings, conv outputs of each slot's unfinished encoder window) but no
+stream state: each StepPlan says which slot every row uses and which
+positions are valid (engine/batch.py). It drives the checkpoint's own
+weights with batching the HF forward does not do:
 
 * encoder: every 100-frame chunk of every stream goes through the conv stack
   in one call, and every attention window (800 frames) of every stream is one
-  row of a padded, masked attention batch;
-* decoder: rows have their own lengths and reuse their own cached prefix;
-  new key/values are written into the slot's cache, attention reads the
-  slot's cache with a causal mask;
+  row of a padded, masked attention batch (engine/encoder.py);
+* decoder: rows of any length in one forward (a step's prefill beside other
+  rows' single decoded tokens). Token-wise work (norms, projections, MLP)
+  runs over the rows' tokens flattened, so nothing is padded there; only
+  attention pads, within a group of rows of similar length. q/k/v and
+  gate/up projections are fused into one matrix each (one GEMM instead of
+  three or two: the tiny model is bound by per-op overhead);
 * alignment: for the selected heads only, the raw attention scores of each
   row's last query over its audio positions are reduced to an argmax inside
   the same forward.
@@ -21,49 +24,18 @@ tests/test_runner.py checks both forwards against the HF modules.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from qwen_asr.core.transformers_backend.modeling_qwen3_asr import apply_rotary_pos_emb
 
+from engine.batch import EncodeRequest, ForwardBatch, RunnerOutput, StepPlan
+from engine.encoder import WindowEncoder
 from engine.heads import Head
 from engine.loader import LoadedModel
-from engine.encoder import WindowEncoder
 from engine.timing import AudioGrid
-
-
-@dataclass(frozen=True)
-class ForwardBatch:
-    """One decoder forward. All arrays have B rows; positions are per row.
-
-    Row b computes positions [start[b], start[b] + lengths[b]) of its prompt
-    from ids[b, :lengths[b]]; key/values of positions [0, start[b]) in its
-    slot are valid and reused. Audio placeholders at positions
-    [audio_pos[b], audio_pos[b] + n_audio[b]) take the slot's stored audio
-    embeddings.
-    """
-
-    slots: np.ndarray
-    start: np.ndarray
-    ids: np.ndarray
-    lengths: np.ndarray
-    audio_pos: np.ndarray
-    n_audio: np.ndarray
-
-
-@dataclass(frozen=True)
-class EncodeRequest:
-    """Audio of one stream, from one of its encoder window boundaries on.
-
-    The first `cached_chunks` chunks of `mel` have their conv outputs in the
-    slot's chunk cache from an earlier call. slot -1: no slot, no caching.
-    """
-
-    mel: np.ndarray
-    slot: int = -1
-    cached_chunks: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +47,37 @@ class ForwardOut:
     logits: torch.Tensor | None = None  # float32[B, vocab], only when asked for (tests, tools)
     # int64[B, T, layers, heads]: every head at every new position (heads detection only).
     probe: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One decoder layer's weights, fused where the math allows."""
+
+    norm_in: torch.Tensor
+    qkv: torch.Tensor  # [(H + 2 KV) * d, hidden]
+    q_norm: torch.Tensor
+    k_norm: torch.Tensor
+    out: torch.Tensor
+    norm_post: torch.Tensor
+    gate_up: torch.Tensor  # [2 * ffn, hidden]
+    down: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Rows attended together: token indices into the flat batch and their padded places."""
+
+    rows: torch.Tensor  # [G] row indices into the batch
+    slots: torch.Tensor  # [G] their slots
+    tokens: torch.Tensor  # [T_g] flat token indices
+    row_of: torch.Tensor  # [T_g] local row of each token
+    step_of: torch.Tensor  # [T_g] place of each token in its row
+    last: torch.Tensor  # [G] local place of each row's last token
+    width: int
+    kv_len: int
+    mask: torch.Tensor  # [G, 1, width, kv_len] additive causal mask
+    audio_pos: torch.Tensor  # [G]
+    n_audio: torch.Tensor  # [G]
 
 
 class ModelRunner:
@@ -90,9 +93,10 @@ class ModelRunner:
         self.grid = AudioGrid.from_spec(spec.n_window, spec.n_window_infer)
         self.encoder = WindowEncoder(self.thinker.audio_tower, self.grid)
         self.max_len, self.max_audio_tokens = max_len, max_audio_tokens
-        self.audio_token_id = spec.audio_token_id
+        self.n_heads, self.n_kv, self.head_dim = spec.n_heads, spec.n_kv_heads, spec.head_dim
         self.groups = spec.n_heads // spec.n_kv_heads
-        kv_shape = (spec.n_layers, n_slots, max_len, spec.n_kv_heads, spec.head_dim)
+        # [layers, slots, kv heads, positions, head dim]: a row's keys are one contiguous block per head.
+        kv_shape = (spec.n_layers, n_slots, spec.n_kv_heads, max_len, spec.head_dim)
         self.k_cache = torch.zeros(kv_shape, dtype=self.dtype, device=self.device)
         self.v_cache = torch.zeros(kv_shape, dtype=self.dtype, device=self.device)
         self.audio = torch.zeros((n_slots, max_audio_tokens, spec.hidden), dtype=self.dtype, device=self.device)
@@ -104,13 +108,47 @@ class ModelRunner:
             dtype=self.dtype,
             device=self.device,
         )
+        self._layers = [_fuse(layer) for layer in self.thinker.model.layers]
+        text = self.thinker.config.text_config
+        self._eps = text.rms_norm_eps
+        self._scale = self.thinker.model.layers[0].self_attn.scaling
+        self._embed = self.thinker.model.embed_tokens.weight
+        self._norm = self.thinker.model.norm.weight
+        self._lm_head = self.thinker.lm_head.weight
+        self._cos, self._sin = self._rope_tables(max_len)
         self.heads = list(heads)
         # layer -> (query head indices, output columns), so each layer captures its heads at once.
-        self._align: dict[int, tuple[torch.Tensor, list[int]]] = {}
+        align: dict[int, tuple[list[int], list[int]]] = {}
         for column, (layer, head) in enumerate(self.heads):
-            idx, cols = self._align.get(layer, (torch.empty(0, dtype=torch.long), []))
-            self._align[layer] = (torch.cat([idx, torch.tensor([head])]), cols + [column])
-        self._align = {l: (idx.to(self.device), cols) for l, (idx, cols) in self._align.items()}
+            idx, cols = align.setdefault(layer, ([], []))
+            idx.append(head)
+            cols.append(column)
+        self._align = {l: (torch.tensor(idx, device=self.device), cols) for l, (idx, cols) in align.items()}
+
+    def _rope_tables(self, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [max_len, head_dim] of every position, from the checkpoint's own rotary module."""
+        positions = torch.arange(max_len, device=self.device)[None]
+        probe = torch.zeros((1, max_len, 1), dtype=self.dtype, device=self.device)
+        with torch.inference_mode():
+            cos, sin = self.thinker.model.rotary_emb(probe, positions)
+        return cos[0].clone(), sin[0].clone()
+
+    # --------------------------------------------------------------- one step
+    def execute(self, plan: StepPlan) -> RunnerOutput:
+        """Encode the plan's audio into its slots, then run its forward."""
+        started = time.perf_counter()
+        for move in plan.moves:
+            self.drop_audio(move.slot, move.n_drop, move.n_keep)
+        if plan.encode:
+            for request, embeds in zip(plan.encode, self.encode(plan.encode)):
+                self.store_audio(request.slot, request.store_at, embeds)
+            self.synchronize()
+        encoded = time.perf_counter()
+        if plan.forward is None:
+            empty = np.zeros(0, np.int64)
+            return RunnerOutput(empty, np.zeros((0, len(self.heads)), np.int64), encoded - started, 0.0)
+        out = self.forward(plan.forward)
+        return RunnerOutput(out.tokens, out.frames, encoded - started, time.perf_counter() - encoded)
 
     # ----------------------------------------------------------------- encoder
     @torch.inference_mode()
@@ -177,56 +215,40 @@ class ModelRunner:
 
         probe: also return the audio argmax of every head at every position.
         """
-        if int((batch.start + batch.lengths).max()) > self.max_len:
-            raise ValueError(f"prompt of {int((batch.start + batch.lengths).max())} tokens exceeds {self.max_len}")
-        dev = self.device
-        slots = torch.as_tensor(batch.slots, device=dev)
-        start = torch.as_tensor(batch.start, device=dev)
-        lengths = torch.as_tensor(batch.lengths, device=dev)
-        ids = torch.as_tensor(batch.ids, device=dev)
-        n_rows, width = ids.shape
-        steps = torch.arange(width, device=dev)
-        pos = start[:, None] + steps[None, :]
-        valid = steps[None, :] < lengths[:, None]
-        x = self._embed(ids, pos, valid, slots, batch)
-        cos, sin = self.thinker.model.rotary_emb(x, pos)
-        kv_len = int((batch.start + batch.lengths).max())
-        keys = torch.arange(kv_len, device=dev)
-        # Additive causal mask (0 / -inf), shared by every layer.
-        mask = torch.zeros((n_rows, 1, width, kv_len), dtype=self.dtype, device=dev)
-        mask.masked_fill_((keys[None, None, :] > pos[:, :, None])[:, None], float("-inf"))
-        write_slot, write_pos = slots[:, None].expand(n_rows, width)[valid], pos[valid]
-        last = lengths - 1
-        rows = torch.arange(n_rows, device=dev)
+        ends = batch.start + batch.lengths
+        if int(ends.max()) > self.max_len:
+            raise ValueError(f"prompt of {int(ends.max())} tokens exceeds {self.max_len}")
+        dev, n_rows = self.device, len(batch)
+        offsets = np.concatenate([[0], np.cumsum(batch.lengths)[:-1]])
+        row_of = np.repeat(np.arange(n_rows), batch.lengths)
+        pos_np = batch.start[row_of] + np.arange(len(batch.ids)) - offsets[row_of]
+        pos = torch.from_numpy(pos_np).to(dev)
+        slots = torch.from_numpy(batch.slots).to(dev)
+        token_slot = slots[torch.from_numpy(row_of).to(dev)]
+        x = self._embed_tokens(batch, pos_np, row_of, token_slot, pos)
+        cos, sin = self._cos[pos][:, None], self._sin[pos][:, None]
+        groups = [self._group(batch, rows, offsets, probe) for rows in _length_groups(batch.lengths, probe)]
         frames = torch.zeros((n_rows, len(self.heads)), dtype=torch.long, device=dev)
-        layers = self.thinker.model.layers
-        n_heads = self.thinker.config.text_config.num_attention_heads
-        probed = torch.zeros((n_rows, width, len(layers), n_heads), dtype=torch.long, device=dev) if probe else None
-        every_head = torch.arange(n_heads, device=dev)
-        for index, layer in enumerate(layers):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_norm(attn.q_proj(h).view(n_rows, width, -1, attn.head_dim)).transpose(1, 2)
-            k = attn.k_norm(attn.k_proj(h).view(n_rows, width, -1, attn.head_dim)).transpose(1, 2)
-            v = attn.v_proj(h).view(n_rows, width, -1, attn.head_dim)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            self.k_cache[index][write_slot, write_pos] = k.transpose(1, 2)[valid]
-            self.v_cache[index][write_slot, write_pos] = v[valid]
-            keys_b = self.k_cache[index][slots, :kv_len].transpose(1, 2)
-            values_b = self.v_cache[index][slots, :kv_len].transpose(1, 2)
-            out = F.scaled_dot_product_attention(
-                q, keys_b, values_b, attn_mask=mask, scale=attn.scaling, enable_gqa=True
-            )
-            if index in self._align:
-                head_idx, columns = self._align[index]
-                q_last = q[rows, :, last][:, head_idx, None]
-                frames[:, columns] = self._align_argmax(q_last, keys_b, head_idx, batch)[..., 0]
-            if probed is not None:
-                probed[:, :, index] = self._align_argmax(q, keys_b, every_head, batch).transpose(1, 2)
-            x = x + attn.o_proj(out.transpose(1, 2).reshape(n_rows, width, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        hidden = self.thinker.model.norm(x[rows, last])
-        logits = self.thinker.lm_head(hidden).float()
+        n_layers = len(self._layers)
+        probed = torch.zeros((n_rows, int(batch.lengths.max()), n_layers, self.n_heads), dtype=torch.long,
+                             device=dev) if probe else None
+        n_tokens, h_dim, kv_dim = len(batch.ids), self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        for index, layer in enumerate(self._layers):
+            h = self._rms(x, layer.norm_in)
+            q, k, v = F.linear(h, layer.qkv).split([h_dim, kv_dim, kv_dim], dim=-1)
+            q = self._rms(q.view(n_tokens, self.n_heads, self.head_dim), layer.q_norm)
+            k = self._rms(k.view(n_tokens, self.n_kv, self.head_dim), layer.k_norm)
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            self.k_cache[index][token_slot, :, pos] = k
+            self.v_cache[index][token_slot, :, pos] = v.view(n_tokens, self.n_kv, self.head_dim)
+            attended = torch.empty_like(q)
+            for group in groups:
+                attended[group.tokens] = self._attend(index, q, group, frames, probed)
+            x = x + F.linear(attended.view(n_tokens, h_dim), layer.out)
+            gate, up = F.linear(self._rms(x, layer.norm_post), layer.gate_up).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, layer.down)
+        last = torch.from_numpy(offsets + batch.lengths - 1).to(dev)
+        logits = F.linear(self._rms(x[last], self._norm), self._lm_head).float()
         return ForwardOut(
             tokens=logits.argmax(-1).cpu().numpy(),
             frames=frames.cpu().numpy(),
@@ -234,32 +256,103 @@ class ModelRunner:
             probe=probed.cpu().numpy() if probed is not None else None,
         )
 
-    def _embed(
-        self, ids: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, slots: torch.Tensor, batch: ForwardBatch
-    ) -> torch.Tensor:
+    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Qwen3's RMSNorm: normalised in float32, scaled in the model's dtype."""
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self._eps)
+        return weight * normed.to(x.dtype)
+
+    def _embed_tokens(self, batch: ForwardBatch, pos_np: np.ndarray, row_of: np.ndarray, token_slot: torch.Tensor,
+                      pos: torch.Tensor) -> torch.Tensor:
         """Token embeddings with audio placeholders replaced by the slot's audio embeddings."""
-        x = self.thinker.model.embed_tokens(ids)
-        index = pos - torch.as_tensor(batch.audio_pos, device=self.device)[:, None]
-        n_audio = torch.as_tensor(batch.n_audio, device=self.device)[:, None]
-        is_audio = valid & (index >= 0) & (index < n_audio)
-        if bool(is_audio.any()):
-            row_slots = slots[:, None].expand_as(ids)[is_audio]
-            x[is_audio] = self.audio[row_slots, index[is_audio]]
+        x = F.embedding(torch.from_numpy(batch.ids).to(self.device), self._embed)
+        index = pos_np - batch.audio_pos[row_of]
+        is_audio = (index >= 0) & (index < batch.n_audio[row_of])
+        if is_audio.any():
+            where = torch.from_numpy(np.flatnonzero(is_audio)).to(self.device)
+            x[where] = self.audio[token_slot[where], torch.from_numpy(index[is_audio]).to(self.device)]
         return x
 
-    def _align_argmax(
-        self, q: torch.Tensor, keys: torch.Tensor, head_idx: torch.Tensor, batch: ForwardBatch
-    ) -> torch.Tensor:
+    def _group(self, batch: ForwardBatch, rows: np.ndarray, offsets: np.ndarray, probe: bool) -> _Group:
+        """Index tensors and the causal mask of one attention group (shared by every layer)."""
+        dev = self.device
+        lengths = batch.lengths[rows]
+        width, kv_len = int(lengths.max()), int((batch.start[rows] + lengths).max())
+        row_of = np.repeat(np.arange(len(rows)), lengths)
+        step_of = np.concatenate([np.arange(n) for n in lengths])
+        tokens = offsets[rows][row_of] + step_of
+        # Query j of a row sits at position start + j; it sees keys up to there.
+        query_pos = batch.start[rows][:, None] + np.arange(width)[None, :]
+        blocked = np.arange(kv_len)[None, None, :] > query_pos[:, :, None]
+        mask = torch.zeros((len(rows), 1, width, kv_len), dtype=self.dtype, device=dev)
+        mask.masked_fill_(torch.from_numpy(blocked[:, None]).to(dev), float("-inf"))
+        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
+        return _Group(
+            rows=as_tensor(rows), slots=as_tensor(batch.slots[rows]), tokens=as_tensor(tokens), row_of=as_tensor(row_of), step_of=as_tensor(step_of),
+            last=as_tensor(lengths - 1), width=width, kv_len=kv_len, mask=mask,
+            audio_pos=as_tensor(batch.audio_pos[rows]), n_audio=as_tensor(batch.n_audio[rows]),
+        )
+
+    def _attend(self, layer: int, q: torch.Tensor, group: _Group, frames: torch.Tensor,
+                probed: torch.Tensor | None) -> torch.Tensor:
+        """Attention output [T_g, heads, head_dim] of one group's tokens; fills its rows' alignment frames."""
+        n = len(group.rows)
+        padded = q.new_zeros((n, group.width, self.n_heads, self.head_dim))
+        padded[group.row_of, group.step_of] = q[group.tokens]
+        padded = padded.transpose(1, 2)
+        keys = self.k_cache[layer][group.slots, :, : group.kv_len]
+        values = self.v_cache[layer][group.slots, :, : group.kv_len]
+        out = F.scaled_dot_product_attention(padded, keys, values, attn_mask=group.mask, scale=self._scale,
+                                             enable_gqa=True)
+        if layer in self._align:
+            head_idx, columns = self._align[layer]
+            q_last = padded[torch.arange(n, device=q.device), :, group.last][:, head_idx, None]
+            frames[group.rows[:, None], torch.tensor(columns, device=q.device)] = \
+                self._align_argmax(q_last, keys, head_idx, group)[..., 0]
+        if probed is not None:
+            every = torch.arange(self.n_heads, device=q.device)
+            probed[group.rows, : group.width, layer] = self._align_argmax(padded, keys, every, group).transpose(1, 2)
+        return out.transpose(1, 2)[group.row_of, group.step_of]
+
+    def _align_argmax(self, q: torch.Tensor, keys: torch.Tensor, head_idx: torch.Tensor, group: _Group) -> torch.Tensor:
         """Argmax over each row's audio positions of the selected heads' scores.
 
-        q: [B, H_l, Tq, d] queries; keys: [B, kv_heads, T, d]. Returns [B, H_l, Tq]
+        q: [G, H_l, Tq, d] queries; keys: [G, kv_heads, T, d]. Returns [G, H_l, Tq]
         audio token indices (relative to the row's audio start). The raw scores
         have the same argmax as the attention weights.
         """
         k_heads = keys[:, head_idx // self.groups]
         scores = torch.einsum("bhqd,bhtd->bhqt", q.float(), k_heads.float())
-        first = torch.as_tensor(batch.audio_pos, device=self.device)[:, None, None, None]
-        count = torch.as_tensor(batch.n_audio, device=self.device)[:, None, None, None]
-        t = torch.arange(scores.shape[-1], device=self.device)
+        first = group.audio_pos[:, None, None, None]
+        count = group.n_audio[:, None, None, None]
+        t = torch.arange(scores.shape[-1], device=q.device)
         outside = (t < first) | (t >= first + count)
         return scores.masked_fill(outside, float("-inf")).argmax(-1) - first[..., 0]
+
+
+def _fuse(layer: torch.nn.Module) -> _Layer:
+    attn, mlp = layer.self_attn, layer.mlp
+    return _Layer(
+        norm_in=layer.input_layernorm.weight,
+        qkv=torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).contiguous(),
+        q_norm=attn.q_norm.weight,
+        k_norm=attn.k_norm.weight,
+        out=attn.o_proj.weight,
+        norm_post=layer.post_attention_layernorm.weight,
+        gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).contiguous(),
+        down=mlp.down_proj.weight,
+    )
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding (the checkpoint's rotate-half convention) of [T, heads, d] at per-token cos/sin."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def _length_groups(lengths: np.ndarray, probe: bool) -> list[np.ndarray]:
+    """Rows attended together: single-token rows apart from longer ones, so neither pads to the other."""
+    if probe:
+        return [np.arange(len(lengths))]
+    single = lengths == 1
+    return [rows for rows in (np.flatnonzero(~single), np.flatnonzero(single)) if len(rows)]

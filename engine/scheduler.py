@@ -1,34 +1,42 @@
-"""The scheduler: owns every stream of one model replica and runs its steps.
+"""The scheduler: every stream of one model replica, and what each forward computes.
 
-    step():  pick ready streams -> take their audio -> trim -> encode tails in
-             one batch -> prefill + decode in one batch -> commit and publish
+    schedule():  pick ready streams -> take their audio -> trim -> their
+                 prompts and encoder tails, beside the rows already decoding
+                 -> StepPlan (one forward)
+    update():    apply the forward's tokens to each row (policy, commits);
+                 rows that stopped publish their words
 
-open/feed/end/abort may be called from any thread while a step runs; they
-touch only the stream table (under a lock) and each stream's inbox. All other
-stream state is touched by the thread that calls step().
+No model and no tensors here: the runner computes what the plan says
+(engine/batch.py), and tests drive the scheduler with hand-written runner
+outputs. A stream is in at most one step at a time; a step takes one
+forward per token, and streams join or leave the batch at any forward, so a
+stream that becomes ready never waits for another stream's step to end.
+
+open/feed/end/abort may be called from any thread while a forward runs;
+they touch only the stream table (under a lock) and each stream's inbox.
+All other stream state is touched by the thread that calls schedule() and
+update().
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import math
 import threading
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from engine.audio import validate_chunk
+from engine.batch import AudioMove, EncodeRequest, ForwardBatch, RunnerOutput, StepPlan
 from engine.config import EngineConfig
-from engine.decode import MAX_META_TOKENS, RowPlan, RowResult, Stop, run_step
+from engine.decode import MAX_META_TOKENS, Phase, RowStep, Stop, advance
 from engine.errors import BadRequestError, OverloadedError, StreamClosedError, UnknownStreamError
 from engine.events import ErrorEvent, Event, FinalEvent, PartialEvent, StepResult, WordsEvent
 from engine.features import FRAMES_PER_S, SAMPLE_RATE, MelFrontend, StreamingMel
-from engine.heads import resolve_heads
 from engine.languages import language_code, resolve_language
-from engine.loader import LoadedModel, load_model
 from engine.prompt import PromptTemplate
-from engine.runner import EncodeRequest, ModelRunner
 from engine.stream import MelBuffer, Status, StreamState, keep_from
 from engine.timing import AudioGrid
 from engine.transcript import WordAssembler
@@ -38,56 +46,69 @@ log = logging.getLogger(__name__)
 
 # Ended stream ids remembered so that late calls get "stream closed", not "unknown".
 _RECENTLY_CLOSED = 4096
+# The end-of-stream flush emits the last frames under the STFT's look-ahead
+# (at most 2 at 16 kHz) on top of a full buffer; 8 leaves room.
+_FLUSH_FRAMES = 8
+# A step feeds the token that stopped it (border or end) and, after a border,
+# one tentative token more than it keeps.
+_TAIL_POSITIONS = 2
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Sizes derived from the config and the model (what the runner allocates)."""
+
+    max_buffer_frames: int
+    buffer_capacity: int  # mel frames a stream's buffer may hold
+    committed_cap: int  # committed tokens whose audio is still in the buffer
+    max_len: int  # prompt positions per slot
+    max_audio_tokens: int
+
+    @classmethod
+    def of(cls, cfg: EngineConfig, grid: AudioGrid, template: PromptTemplate) -> Limits:
+        frames = _frames(cfg.max_buffer_s) + grid.window_frames + _frames(cfg.max_step_s)
+        seconds = frames / FRAMES_PER_S
+        committed = cfg.step_token_budget(seconds)
+        max_len = (
+            len(template.before_context) + cfg.context_max_tokens + len(template.before_audio)
+            + grid.tokens(frames) + len(template.after_audio) + MAX_META_TOKENS
+            + committed + cfg.step_token_budget(seconds) + cfg.partial_tokens + _TAIL_POSITIONS
+        )
+        return cls(_frames(cfg.max_buffer_s), frames + _FLUSH_FRAMES, committed, max_len, grid.tokens(frames))
+
+
+@dataclass
+class Scheduled:
+    """One forward's plan with the rows it belongs to, for update()."""
+
+    plan: StepPlan
+    rows: list[RowStep]
+    events: list[Event] = field(default_factory=list)
+    new_audio_s: float = 0.0
+    forced_trims: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def empty(self) -> bool:
+        return self.plan.forward is None
 
 
 class Scheduler:
-    """Batched SimulStreaming over many streams of one model."""
+    """Batched SimulStreaming bookkeeping over many streams of one model."""
 
-    def __init__(self, cfg: EngineConfig, model: LoadedModel | None = None) -> None:
+    def __init__(self, cfg: EngineConfig, grid: AudioGrid, table: TokenTable, template: PromptTemplate,
+                 frontend: MelFrontend, tokenizer: object) -> None:
         self.cfg = cfg
-        self.model = model if model is not None else load_model(cfg.model, cfg.device, cfg.dtype)
-        spec = self.model.spec
-        self.grid = AudioGrid.from_spec(spec.n_window, spec.n_window_infer)
-        self.table = TokenTable.build(self.model.tokenizer, self.model.eos_ids, spec.vocab_size)
-        self.template = PromptTemplate.from_tokenizer(
-            self.model.tokenizer, self.model.chat_template, spec.audio_token_id
-        )
-        self.frontend = MelFrontend(self.model.mel_filters)
-        heads, self.heads_source = resolve_heads(
-            cfg.alignment_heads, self.model.directory, spec, cfg.max_alignment_heads
-        )
-        self._max_buffer_frames = _frames(cfg.max_buffer_s)
-        cap_frames = self._max_buffer_frames + self.grid.window_frames + _frames(cfg.max_step_s)
-        # The end-of-stream flush may add the last few (look-ahead) frames on top.
-        self._buffer_capacity = cap_frames + 8
-        cap_s = cap_frames / FRAMES_PER_S
-        # Committed tokens in the buffer: at most the budget of every step it could hold.
-        self._committed_cap = math.ceil(cap_s * cfg.max_tokens_per_s) + 2 * math.ceil(cap_s / cfg.min_step_s)
-        max_len = (
-            len(self.template.before_context)
-            + cfg.context_max_tokens
-            + len(self.template.before_audio)
-            + self.grid.tokens(cap_frames)
-            + len(self.template.after_audio)
-            + MAX_META_TOKENS
-            + self._committed_cap
-            + cfg.step_token_budget(cap_s)
-            + cfg.partial_tokens
-            + 2
-        )
-        self.runner = ModelRunner(self.model, heads, cfg.max_streams, max_len, self.grid.tokens(cap_frames))
+        self.grid, self.table, self.template, self.frontend = grid, table, template, frontend
+        self.tokenizer = tokenizer
+        self.limits = Limits.of(cfg, grid, template)
         self._streams: dict[str, StreamState] = {}
         self._closed: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._free = list(range(cfg.max_streams - 1, -1, -1))
         self._lock = threading.Lock()
         self._work = threading.Event()
-        self._last_step_at: dict[str, float] = {}
-        log.info(
-            "scheduler ready: model=%s slots=%d max_len=%d heads=%s (%s)",
-            cfg.model, cfg.max_streams, max_len, heads, self.heads_source,
-        )
 
-    # ------------------------------------------------------------ public API
+    # ------------------------------------------------------------ lifecycle
     def open(self, stream_id: str, language: str | None = None, context: str = "") -> None:
         """Open a stream; `language` is "auto"/None, a code ("en") or a name.
 
@@ -106,7 +127,7 @@ class Scheduler:
                 stream_id=stream_id,
                 slot=self._free.pop(),
                 mel=StreamingMel(self.frontend),
-                buffer=MelBuffer(self.frontend.n_mels, self._buffer_capacity),
+                buffer=MelBuffer(self.frontend.n_mels, self.limits.buffer_capacity),
                 words=WordAssembler(self.table),
                 forced_language=name,
             )
@@ -128,7 +149,6 @@ class Scheduler:
                 f"(limit {self.cfg.max_backlog_s:.1f} s): sending faster than it is transcribed"
             )
         state.inbox.put(audio)
-        state.fed_s += len(audio) / SAMPLE_RATE
         self._work.set()
 
     def end(self, stream_id: str) -> None:
@@ -138,7 +158,7 @@ class Scheduler:
         self._work.set()
 
     def abort(self, stream_id: str) -> None:
-        """Drop a stream without flushing (client gone); its slot is freed by the next step."""
+        """Drop a stream without flushing (client gone); its slot is freed by the next schedule()."""
         with self._lock:
             state = self._streams.get(stream_id)
             if state is not None and state.status in (Status.OPEN, Status.ENDING):
@@ -155,6 +175,19 @@ class Scheduler:
         with self._lock:
             return len(self._free)
 
+    def has_work(self) -> bool:
+        """Some stream is in a step, ready for one, or finished and not yet reaped."""
+        with self._lock:
+            states = list(self._streams.values())
+        return any(s.step is not None or s.status in (Status.DONE, Status.FAILED) for s in states) or bool(
+            self._ready(states, len(states))
+        )
+
+    def has_stream(self, stream_id: str) -> bool:
+        """The stream is open or its last step has not been reaped yet."""
+        with self._lock:
+            return stream_id in self._streams
+
     def backlog_s(self, stream_id: str) -> float:
         """Audio of a stream waiting for a step, in seconds."""
         return self._open_stream(stream_id).inbox.samples / SAMPLE_RATE
@@ -165,34 +198,91 @@ class Scheduler:
         self._work.clear()
         return woken
 
-    # ------------------------------------------------------------------ step
-    def step(self) -> StepResult:
-        """Run one batched step over the streams that are ready."""
-        started = time.perf_counter()
-        result = StepResult()
+    # ------------------------------------------------------------ the loop
+    def schedule(self) -> Scheduled:
+        """The next forward: rows in flight and newly ready streams (their prefill first)."""
+        sched = Scheduled(StepPlan(encode=[], forward=None), rows=[])
+        with self._lock:
+            for state in self._streams.values():
+                if state.step is not None and state.status is Status.FAILED:
+                    state.step = None  # aborted mid-step: stop decoding it
         self._reap()
-        batch = self._pick()
-        if not batch:
-            return result
-        finals = self._take_audio(batch)
-        rows = []
-        for state in batch:
-            result.stats.forced_trims += self._trim(state)
-            if state.buffer_frames == 0 or state.buffer_frames == state.decoded_frames and not finals[state.stream_id]:
-                if finals[state.stream_id]:
-                    result.events.append(self._finish(state, []))
+        with self._lock:
+            states = list(self._streams.values())
+        continuing = [s.step for s in states if s.step is not None]
+        room = max(0, self.cfg.max_batch - len(continuing))
+        new_rows, encode, moves = [], [], []
+        for state in self._ready(states, room):
+            final = self._take_audio(state)
+            sched.forced_trims += self._trim(state, moves)
+            if state.buffer_frames == 0 or (state.buffer_frames == state.decoded_frames and not final):
+                if final:
+                    sched.events.append(self._finish(state, []))
                 continue
-            rows.append(state)
-        if rows:
-            try:
-                self._run(rows, finals, result)
-            except Exception as exc:
-                # Contain the failure to the streams of this batch; the loop goes on.
-                ids = [s.stream_id for s in rows]
-                log.exception("step failed for streams %s", ids)
-                for state in rows:
-                    result.events.append(self._fail(state, f"model step failed: {exc}"))
-        result.stats.total_s = time.perf_counter() - started
+            request = self._encode_request(state)
+            if request is not None:
+                encode.append(request)
+            sched.new_audio_s += (state.buffer_frames - state.decoded_frames) / FRAMES_PER_S
+            state.step = self._row(state, final)
+            new_rows.append(state.step)
+        sched.rows = new_rows + continuing
+        if sched.rows:
+            sched.plan = StepPlan(
+                encode=encode,
+                forward=ForwardBatch.of_rows(
+                    slots=[r.slot for r in sched.rows],
+                    start=[r.reuse for r in new_rows] + [r.position for r in continuing],
+                    ids=[r.layout.ids[r.reuse :] for r in new_rows] + [[r.last_token] for r in continuing],
+                    audio_pos=[r.layout.audio_pos for r in sched.rows],
+                    n_audio=[r.layout.n_audio for r in sched.rows],
+                ),
+                moves=moves,
+                prefill_rows=len(new_rows),
+                prefill_tokens=sum(len(r.layout.ids) - r.reuse for r in new_rows),
+            )
+        elif moves:
+            sched.plan = StepPlan(encode=[], forward=None, moves=moves)
+        return sched
+
+    def update(self, sched: Scheduled, out: RunnerOutput) -> StepResult:
+        """Apply the forward's tokens; rows that stopped commit and publish their events."""
+        result = StepResult(events=list(sched.events))
+        stats = result.stats
+        if sched.rows:
+            advance(sched.rows, out.tokens, out.frames, self.table, self.grid, self.cfg.policy,
+                    self.cfg.fixed_tokens_per_s is not None)
+        for row in sched.rows:
+            if not row.done:
+                continue
+            state = self._streams[row.stream_id]
+            state.step = None
+            stats.steps += 1
+            stats.tokens += len(row.committed)
+            stats.stops[row.stop.value] = stats.stops.get(row.stop.value, 0) + 1
+            if state.status is not Status.FAILED:  # aborted meanwhile: nothing to publish
+                result.events.extend(self._complete(state, row))
+        plan = sched.plan
+        stats.batch, stats.new_rows = len(sched.rows), plan.prefill_rows
+        stats.forwards = 1 if sched.rows else 0
+        stats.prefill_tokens = plan.prefill_tokens
+        stats.audio_s, stats.forced_trims = sched.new_audio_s, sched.forced_trims
+        stats.encode_s = out.encode_s
+        # Prefill and decode rows share the forward: its time is split by token share.
+        tokens = len(plan.forward.ids) if plan.forward is not None else 0
+        share = plan.prefill_tokens / tokens if tokens else 0.0
+        stats.prefill_s, stats.decode_s = out.forward_s * share, out.forward_s * (1 - share)
+        stats.total_s = time.perf_counter() - sched.started
+        self._reap()
+        return result
+
+    def fail(self, sched: Scheduled, message: str) -> StepResult:
+        """The forward failed: its streams end with an error (and free their slots); the rest go on."""
+        result = StepResult(events=list(sched.events))
+        for row in sched.rows:
+            state = self._streams[row.stream_id]
+            state.step = None
+            if state.status is not Status.FAILED:
+                result.events.append(self._fail(state, message))
         self._reap()
         return result
 
@@ -201,7 +291,7 @@ class Scheduler:
         """The last context_max_tokens token ids of `text` (leading space: it continues a transcript)."""
         if not text.strip() or self.cfg.context_max_tokens == 0:
             return []
-        ids = self.model.tokenizer.encode(" " + text.strip(), add_special_tokens=False)
+        ids = self.tokenizer.encode(" " + text.strip(), add_special_tokens=False)
         return list(ids[-self.cfg.context_max_tokens :])
 
     def _open_stream(self, stream_id: str) -> StreamState:
@@ -216,50 +306,39 @@ class Scheduler:
             raise StreamClosedError(f"stream {stream_id!r} is {state.status.value}")
         return state
 
-    def _pick(self) -> list[StreamState]:
-        """Streams with enough new audio (or ending), least recently stepped first."""
+    def _ready(self, states: list[StreamState], room: int) -> list[StreamState]:
+        """Streams not in a step with enough new audio (or ending), least recently stepped first."""
         need = int(self.cfg.min_step_s * SAMPLE_RATE)
-        with self._lock:
-            ready = [
-                s
-                for s in self._streams.values()
-                if s.status is Status.ENDING or (s.status is Status.OPEN and s.inbox.samples >= need)
-            ]
-        ready.sort(key=lambda s: self._last_step_at.get(s.stream_id, 0.0))
-        return ready[: self.cfg.max_batch]
+        ready = [
+            s for s in states
+            if s.step is None
+            and (s.status is Status.ENDING or (s.status is Status.OPEN and s.inbox.samples >= need))
+        ]
+        ready.sort(key=lambda s: s.last_step_at)
+        return ready[:room]
 
-    def _take_audio(self, batch: list[StreamState]) -> dict[str, bool]:
-        """Move up to max_step_s of each stream's waiting audio into its buffer.
+    def _take_audio(self, state: StreamState) -> bool:
+        """Move up to max_step_s of the stream's waiting audio into its buffer; True on its final step."""
+        samples = state.inbox.take(int(self.cfg.max_step_s * SAMPLE_RATE))
+        count = state.mel.add(samples) if len(samples) else 0
+        final = state.status is Status.ENDING and state.inbox.samples == 0
+        if final:
+            count = state.mel.end()
+        state.last_step_at = time.monotonic()
+        if count > 0:
+            (logmel,) = self.frontend.log_mel_many([state.mel.segment(count)])
+            state.buffer.append(state.mel.emit(count, logmel))
+        return final
 
-        Returns, per stream, whether this is its final step. The new mel frames
-        of all streams are computed in one batched STFT.
-        """
-        finals, counts = {}, []
-        for state in batch:
-            samples = state.inbox.take(int(self.cfg.max_step_s * SAMPLE_RATE))
-            state.taken_s += len(samples) / SAMPLE_RATE
-            count = state.mel.add(samples) if len(samples) else 0
-            finals[state.stream_id] = state.status is Status.ENDING and state.inbox.samples == 0
-            if finals[state.stream_id]:
-                count = state.mel.end()
-            counts.append(count)
-            self._last_step_at[state.stream_id] = time.monotonic()
-        todo = [(state, count) for state, count in zip(batch, counts) if count > 0]
-        if todo:
-            logmels = self.frontend.log_mel_many([state.mel.segment(count) for state, count in todo])
-            for (state, count), logmel in zip(todo, logmels):
-                state.buffer.append(state.mel.emit(count, logmel))
-        return finals
-
-    def _trim(self, state: StreamState) -> int:
+    def _trim(self, state: StreamState, moves: list[AudioMove]) -> int:
         """Drop transcribed windows from the buffer front; returns 1 if audio had to be forced out."""
         window = self.grid.window_frames
         n, forced = 0, False
-        while state.buffer_frames - n * window > self._max_buffer_frames:
+        while state.buffer_frames - n * window > self.limits.max_buffer_frames:
             boundary_s = state.audio_start_s + (n + 1) * window / FRAMES_PER_S
             if boundary_s <= state.consumed_s:
                 n += 1
-            elif state.buffer_frames - n * window > self._max_buffer_frames + window:
+            elif state.buffer_frames - n * window > self.limits.max_buffer_frames + window:
                 n, forced = n + 1, True
             else:
                 break
@@ -282,7 +361,7 @@ class Scheduler:
             # The unfinished window itself was dropped: its chunk cache is stale.
             state.conv_chunks = 0
         per_window = self.grid.tokens_per_window
-        self.runner.drop_audio(state.slot, dropped * per_window, (state.cached_windows - dropped) * per_window)
+        moves.append(AudioMove(state.slot, dropped * per_window, (state.cached_windows - dropped) * per_window))
         state.cached_windows -= dropped
         state.buffer.drop_front(n * window)
         state.buffer_start += n * window
@@ -290,42 +369,21 @@ class Scheduler:
         state.kv_reuse = 0
         return int(forced)
 
-    def _run(self, rows: list[StreamState], finals: dict[str, bool], result: StepResult) -> None:
-        """Encode, decode and commit one batch."""
-        t0 = time.perf_counter()
-        self._encode_tails(rows)
-        self.runner.synchronize()
-        t1 = time.perf_counter()
-        plans = [self._plan(s, finals[s.stream_id]) for s in rows]
-        decoded = run_step(
-            self.runner, plans, self.table, self.grid, self.cfg.policy, self.cfg.fixed_tokens_per_s is not None
-        )
-        stats = result.stats
-        stats.encode_s, stats.prefill_s = t1 - t0, decoded.prefill_s
-        stats.decode_s = time.perf_counter() - t1 - decoded.prefill_s
-        stats.batch, stats.forwards = len(rows), decoded.forwards
-        for state, plan, outcome in zip(rows, plans, decoded.results):
-            stats.audio_s += (state.buffer_frames - state.decoded_frames) / FRAMES_PER_S
-            stats.tokens += len(outcome.committed)
-            stats.prefill_tokens += len(plan.layout.ids) - plan.reuse
-            stats.stops[outcome.stop.value] = stats.stops.get(outcome.stop.value, 0) + 1
-            result.events.extend(self._commit(state, plan, outcome))
-
-    def _encode_tails(self, rows: list[StreamState]) -> None:
-        """Encode every row's audio after its cached windows, in one batch."""
+    def _encode_request(self, state: StreamState) -> EncodeRequest | None:
+        """The buffer after its cached windows, to encode; None when it is whole cached windows."""
         window = self.grid.window_frames
-        todo = [s for s in rows if s.buffer_frames > s.cached_windows * window]
-        if not todo:
-            # Every buffer is whole cached windows (a final step with no new frames).
-            return
-        requests = [
-            EncodeRequest(s.buffer.frames[:, s.cached_windows * window :], s.slot, s.conv_chunks) for s in todo
-        ]
-        for state, embeds in zip(todo, self.runner.encode(requests)):
-            self.runner.store_audio(state.slot, state.cached_windows * self.grid.tokens_per_window, embeds)
-            state.conv_chunks = (state.buffer_frames % window) // self.grid.chunk_frames
+        if state.buffer_frames <= state.cached_windows * window:
+            return None
+        request = EncodeRequest(
+            state.buffer.frames[:, state.cached_windows * window :].copy(),
+            state.slot,
+            state.conv_chunks,
+            state.cached_windows * self.grid.tokens_per_window,
+        )
+        state.conv_chunks = (state.buffer_frames % window) // self.grid.chunk_frames
+        return request
 
-    def _plan(self, state: StreamState, final: bool) -> RowPlan:
+    def _row(self, state: StreamState, final: bool) -> RowStep:
         cfg = self.cfg
         layout = self.template.build(
             state.context, self.grid.tokens(state.buffer_frames), state.lang_prefix + [t for t, _ in state.committed]
@@ -339,50 +397,53 @@ class Scheduler:
             budget = cfg.step_token_budget(state.audio_end_s - max(state.consumed_s, state.audio_start_s))
         else:
             budget = cfg.step_token_budget((state.buffer_frames - state.decoded_frames) / FRAMES_PER_S)
-        budget = min(budget, self._committed_cap - len(state.committed))
-        return RowPlan(
+        budget = min(budget, self.limits.committed_cap - len(state.committed))
+        return RowStep(
             stream_id=state.stream_id,
             slot=state.slot,
             layout=layout,
             reuse=reuse,
             audio_start_s=state.audio_start_s,
             audio_end_s=state.audio_end_s,
-            last_s=state.last_s,
             final=final,
-            need_language=not state.lang_prefix,
             budget=max(budget, 1),
             partial_tokens=0 if final else cfg.partial_tokens,
+            phase=Phase.TEXT if state.lang_prefix else Phase.META,
+            last_s=state.last_s,
+            last_word_s=state.last_word_start_s,
+            last_word_token=state.last_word_token,
         )
 
-    def _commit(self, state: StreamState, plan: RowPlan, outcome: RowResult) -> list[Event]:
-        """Apply one row's outcome to its stream; return the events to publish."""
-        if outcome.language is not None and not state.lang_prefix:
-            state.language, state.lang_prefix = outcome.language, list(outcome.meta)
-            log.info("stream %s: language detected: %s", state.stream_id, outcome.language)
-        words = state.words.add(outcome.committed)
-        state.committed.extend(outcome.committed)
-        if outcome.committed:
-            state.last_s = outcome.last_s
-            state.last_word_s = outcome.committed[-1][1]
+    def _complete(self, state: StreamState, row: RowStep) -> list[Event]:
+        """Apply one finished step to its stream; return the events to publish."""
+        if row.language is not None and not state.lang_prefix:
+            state.language, state.lang_prefix = row.language, list(row.meta)
+            log.info("stream %s: language detected: %s", state.stream_id, row.language)
+        words = state.words.add(row.committed)
+        state.committed.extend(row.committed)
+        if row.committed:
+            state.last_s = row.last_s
+            state.last_word_s = row.committed[-1][1]
+            state.last_word_start_s, state.last_word_token = row.last_word_s, row.last_word_token
             state.consumed_s = max(state.consumed_s, state.last_word_s)
-        if outcome.boundary_s is not None:
-            words += state.words.close_word(outcome.boundary_s)
+        if row.boundary_s is not None:
+            words += state.words.close_word(row.boundary_s)
         # Fixed-budget benchmark runs count every step's audio as transcribed.
-        ended_text = outcome.stop in (Stop.EOS, Stop.NO_SPEECH) or self.cfg.fixed_tokens_per_s is not None
+        ended_text = row.stop in (Stop.EOS, Stop.NO_SPEECH) or self.cfg.fixed_tokens_per_s is not None
         if ended_text:
             state.consumed_s = max(state.consumed_s, state.audio_end_s - self.cfg.policy.border_s)
         state.cached_windows = state.buffer_frames // self.grid.window_frames
-        state.kv_reuse = plan.layout.audio_pos + state.cached_windows * self.grid.tokens_per_window
+        state.kv_reuse = row.layout.audio_pos + state.cached_windows * self.grid.tokens_per_window
         state.decoded_frames = state.buffer_frames
         if ended_text and state.audio_end_s - state.last_word_s >= self.cfg.silence_reset_s:
             self._reset_context(state)
         language = language_code(state.language) if state.language else None
-        if plan.final:
+        if row.final:
             return [self._finish(state, words + state.words.flush(state.audio_end_s))]
         events: list[Event] = []
         if words:
             events.append(WordsEvent(state.stream_id, words, state.audio_end_s, language))
-        partial = " ".join(t for t in (state.words.pending_text(), self.table.text(outcome.tentative).strip()) if t)
+        partial = " ".join(t for t in (state.words.pending_text(), self.table.text(row.tentative).strip()) if t)
         events.append(PartialEvent(state.stream_id, partial))
         return events
 
@@ -406,12 +467,12 @@ class Scheduler:
         return ErrorEvent(state.stream_id, "internal", message)
 
     def _reap(self) -> None:
-        """Free the slots of finished, failed and aborted streams."""
+        """Free the slots of finished, failed and aborted streams that are in no step."""
         with self._lock:
-            for stream_id in [k for k, s in self._streams.items() if s.status in (Status.DONE, Status.FAILED)]:
+            gone = [k for k, s in self._streams.items() if s.status in (Status.DONE, Status.FAILED) and s.step is None]
+            for stream_id in gone:
                 state = self._streams.pop(stream_id)
                 self._free.append(state.slot)
-                self._last_step_at.pop(stream_id, None)
                 self._closed[stream_id] = None
                 while len(self._closed) > _RECENTLY_CLOSED:
                     self._closed.popitem(last=False)
@@ -419,3 +480,4 @@ class Scheduler:
 
 def _frames(seconds: float) -> int:
     return int(round(seconds * FRAMES_PER_S))
+

@@ -13,6 +13,7 @@ from enum import Enum
 
 import numpy as np
 
+from engine.decode import RowStep
 from engine.features import FRAMES_PER_S, StreamingMel
 from engine.transcript import WordAssembler
 from engine.vocab import TokenTable
@@ -107,10 +108,13 @@ class StreamState:
     consumed_s: float = 0.0
     # Stream time of the last committed token (silence detection).
     last_word_s: float = 0.0
-    # Seconds of audio fed so far (taken by steps or waiting in the inbox).
-    fed_s: float = 0.0
-    # Seconds of audio that have entered the buffer.
-    taken_s: float = 0.0
+    # Start and first token of the last committed word: a word never starts
+    # again at or before it (the committed timeline only moves forward).
+    last_word_start_s: float = float("-inf")
+    last_word_token: int = -1
+    # The step in flight (None between steps), and when the stream last entered one.
+    step: RowStep | None = None
+    last_step_at: float = 0.0
 
     @property
     def buffer_frames(self) -> int:

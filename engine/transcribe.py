@@ -3,8 +3,9 @@
     python -m engine.transcribe FILE.wav --model DIR_OR_ID [--language en]
                                 [--chunk-ms 100] --jsonl [--offline]
 
-Streaming mode feeds FILE in chunks of --chunk-ms, runs a scheduler step
-after each chunk (a step only decodes once min_step_s of new audio is in),
+Streaming mode feeds FILE in chunks of --chunk-ms and, after each chunk,
+runs the engine until it has nothing left to do (a stream only decodes once
+min_step_s of new audio is in): the model keeps up with the stream,
 and prints every committed word as it is committed:
 {"text", "start", "end", "emitted_at"} (seconds of audio; emitted_at is how
 much of the stream had been fed). --offline feeds the whole file and decodes
@@ -31,7 +32,7 @@ from engine.events import ErrorEvent, FinalEvent, WordsEvent
 from engine.features import SAMPLE_RATE
 from engine.loader import LoadedModel, load_model
 from engine.policy import PolicyConfig
-from engine.scheduler import Scheduler
+from engine.core import Engine
 from engine.transcript import Word
 
 STREAM_ID = "cli"
@@ -87,18 +88,19 @@ def _collect(out: Transcription, events: list, on_word) -> bool:
 
 
 def transcribe(
-    scheduler: Scheduler, samples: np.ndarray, chunk_ms: float, language: str | None, on_word=lambda w, t: None
+    engine: Engine, samples: np.ndarray, chunk_ms: float, language: str | None, on_word=lambda w, t: None
 ) -> Transcription:
-    """Stream `samples` through `scheduler` in chunks of `chunk_ms` (use a huge chunk for offline)."""
+    """Stream `samples` through `engine` in chunks of `chunk_ms` (use a huge chunk for offline)."""
     out = Transcription(audio_s=len(samples) / SAMPLE_RATE)
-    scheduler.open(STREAM_ID, language)
+    engine.open(STREAM_ID, language)
     chunk = max(1, int(chunk_ms * SAMPLE_RATE / 1000))
     started = time.perf_counter()
     for begin in range(0, len(samples), chunk):
-        scheduler.feed(STREAM_ID, samples[begin : begin + chunk])
-        _collect(out, scheduler.step().events, on_word)
-    scheduler.end(STREAM_ID)
-    while not _collect(out, scheduler.step().events, on_word):
+        engine.feed(STREAM_ID, samples[begin : begin + chunk])
+        while engine.has_work():
+            _collect(out, engine.step().events, on_word)
+    engine.end(STREAM_ID)
+    while not _collect(out, engine.step().events, on_word):
         pass
     out.compute_s = time.perf_counter() - started
     return out
@@ -108,14 +110,14 @@ def transcribe_file(
     path: Path, model: LoadedModel, cfg: EngineConfig, chunk_ms: float, offline: bool, language: str | None,
     on_word=lambda w, t: None,
 ) -> Transcription:
-    """Transcribe one file with a scheduler of its own."""
+    """Transcribe one file with an engine of its own."""
     samples = read_audio_file(path)
     if offline:
         cfg = offline_config(cfg, len(samples) / SAMPLE_RATE)
         chunk_ms = 1000.0 * (len(samples) / SAMPLE_RATE + 1.0)
     else:
         cfg = cfg.replace(max_streams=1, max_batch=1)
-    return transcribe(Scheduler(cfg, model), samples, chunk_ms, language, on_word)
+    return transcribe(Engine(cfg, model), samples, chunk_ms, language, on_word)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

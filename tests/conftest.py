@@ -30,10 +30,10 @@ def tiny_model(tiny_dir: Path):
 @pytest.fixture
 def make_scheduler(tiny_model, tiny_dir: Path):
     """Build a Scheduler on the tiny model with config overrides."""
-    from engine.scheduler import Scheduler
+    from engine.core import Engine
 
-    def build(**overrides) -> Scheduler:
-        return Scheduler(EngineConfig(model=str(tiny_dir), device="cpu", dtype="float32", **overrides), tiny_model)
+    def build(**overrides) -> Engine:
+        return Engine(EngineConfig(model=str(tiny_dir), device="cpu", dtype="float32", **overrides), tiny_model)
 
     return build
 

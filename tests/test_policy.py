@@ -5,17 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.policy import PolicyConfig, Verdict, decide
+from engine.policy import PolicyConfig, Rows, Verdict, decide
 
 CFG = PolicyConfig(border_s=0.4, rewind_s=1.0)
 
 
-def run(head_times, end, last, final=False, cfg=CFG):
+def rows(n, end, last, final=False, new_word=False, last_word=float("-inf"), same_token=False) -> Rows:
+    full = lambda v, dtype=float: np.full(n, v, dtype)  # noqa: E731
+    return Rows(audio_end_s=full(end), last_s=full(last), new_word=full(new_word, bool),
+                last_word_s=full(last_word), same_token=full(same_token, bool), final=full(final, bool))
+
+
+def run(head_times, end, last, final=False, cfg=CFG, **word):
     times = np.atleast_2d(np.asarray(head_times, dtype=float))
-    n = times.shape[0]
-    verdict, attended = decide(
-        times, np.full(n, end, float), np.full(n, last, float), np.full(n, final), cfg
-    )
+    verdict, attended = decide(times, rows(times.shape[0], end, last, final, **word), cfg)
     return [Verdict(v) for v in verdict], attended
 
 
@@ -52,11 +55,27 @@ def test_median_over_heads_ignores_an_outlier_head() -> None:
 
 
 def test_vectorised_rows_are_independent() -> None:
-    times = np.array([[1.0, 1.0], [4.9, 4.9], [0.2, 0.2]])
-    verdict, _ = decide(
-        times, np.array([5.0, 5.0, 5.0]), np.array([0.5, 4.0, 3.0]), np.array([False, False, False]), CFG
+    times = np.array([[1.0, 1.0], [4.9, 4.9], [0.2, 0.2], [2.0, 2.0]])
+    state = Rows(
+        audio_end_s=np.full(4, 5.0), last_s=np.array([0.5, 4.0, 3.0, 2.1]),
+        new_word=np.array([True, True, False, True]), last_word_s=np.array([0.5, 4.0, 3.0, 2.1]),
+        same_token=np.zeros(4, bool), final=np.zeros(4, bool),
     )
-    assert [Verdict(v) for v in verdict] == [Verdict.CONTINUE, Verdict.BORDER, Verdict.REWIND]
+    verdict, _ = decide(times, state, CFG)
+    assert [Verdict(v) for v in verdict] == [Verdict.CONTINUE, Verdict.BORDER, Verdict.REWIND, Verdict.REPEAT]
+
+
+def test_a_word_never_starts_before_the_last_committed_word() -> None:
+    """The committed timeline only moves forward: "south the south" cannot happen."""
+    # A new word looking earlier than the last word's start: repeat, even once the stream ended.
+    assert run([1.2] * 3, end=5.0, last=2.1, new_word=True, last_word=2.0)[0] == [Verdict.REPEAT]
+    assert run([1.2] * 3, end=5.0, last=2.1, final=True, new_word=True, last_word=2.0)[0] == [Verdict.REPEAT]
+    # A token inside the word being written may look a little back.
+    assert run([1.9] * 3, end=5.0, last=2.1, new_word=False, last_word=2.0)[0] == [Verdict.CONTINUE]
+    # The same word again at the same place ("strong strong") is a repeat ...
+    assert run([2.0] * 3, end=5.0, last=2.1, new_word=True, last_word=2.0, same_token=True)[0] == [Verdict.REPEAT]
+    # ... another short word starting on the same encoder token is not.
+    assert run([2.0] * 3, end=5.0, last=2.1, new_word=True, last_word=2.0)[0] == [Verdict.CONTINUE]
 
 
 def test_invalid_thresholds() -> None:

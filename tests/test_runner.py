@@ -9,7 +9,8 @@ import torch
 from engine.features import MelFrontend
 from engine.heads import default_heads
 from engine.prompt import PromptTemplate
-from engine.runner import EncodeRequest, ForwardBatch, ModelRunner
+from engine.batch import EncodeRequest, ForwardBatch
+from engine.runner import ModelRunner
 
 from .conftest import noise
 
@@ -62,15 +63,7 @@ def prompt_batch(tiny_model, runner, mel: np.ndarray, slot: int, start: int = 0)
     context = tiny_model.tokenizer.encode(" the cat", add_special_tokens=False)
     assistant = list(template.language_prefix("English")) + tiny_model.tokenizer.encode("the dog", add_special_tokens=False)
     layout = template.build(context, embeds.shape[0], assistant)
-    ids = np.array([layout.ids])
-    batch = ForwardBatch(
-        slots=np.array([slot]),
-        start=np.array([start]),
-        ids=ids[:, start:],
-        lengths=np.array([len(layout.ids) - start]),
-        audio_pos=np.array([layout.audio_pos]),
-        n_audio=np.array([layout.n_audio]),
-    )
+    batch = ForwardBatch.of_rows([slot], [start], [layout.ids[start:]], [layout.audio_pos], [layout.n_audio])
     return batch, layout, embeds
 
 
@@ -87,10 +80,7 @@ def test_decoder_prefill_and_step_equal_hf(runner, tiny_model, mels) -> None:
     out = runner.forward(batch, want_logits=True)
     ref = hf_logits(tiny_model, layout.ids, embeds).logits[0, -1]
     torch.testing.assert_close(out.logits[0], ref, rtol=0, atol=1e-4)
-    step = ForwardBatch(
-        slots=np.array([1]), start=np.array([len(layout.ids)]), ids=out.tokens[:, None], lengths=np.array([1]),
-        audio_pos=batch.audio_pos, n_audio=batch.n_audio,
-    )
+    step = ForwardBatch.of_rows([1], [len(layout.ids)], [out.tokens.tolist()], [layout.audio_pos], [layout.n_audio])
     out2 = runner.forward(step, want_logits=True)
     ref2 = hf_logits(tiny_model, layout.ids + [int(out.tokens[0])], embeds).logits[0, -1]
     torch.testing.assert_close(out2.logits[0], ref2, rtol=0, atol=1e-4)
@@ -142,14 +132,9 @@ def test_rows_with_different_lengths_in_one_batch(runner, tiny_model, mels) -> N
         batch, _, _ = prompt_batch(tiny_model, runner, mel, slot=slot)
         solo.append((batch, runner.forward(batch, want_logits=True)))
     (b0, o0), (b1, o1) = solo
-    width = max(b0.ids.shape[1], b1.ids.shape[1])
-    ids = np.zeros((2, width), np.int64)
-    ids[0, : b0.ids.shape[1]], ids[1, : b1.ids.shape[1]] = b0.ids[0], b1.ids[0]
-    both = ForwardBatch(
-        slots=np.array([0, 1]), start=np.array([0, 0]), ids=ids,
-        lengths=np.concatenate([b0.lengths, b1.lengths]),
-        audio_pos=np.concatenate([b0.audio_pos, b1.audio_pos]),
-        n_audio=np.concatenate([b0.n_audio, b1.n_audio]),
+    both = ForwardBatch.of_rows(
+        [0, 1], [0, 0], [b0.ids.tolist(), b1.ids.tolist()],
+        [int(b0.audio_pos[0]), int(b1.audio_pos[0])], [int(b0.n_audio[0]), int(b1.n_audio[0])],
     )
     out = runner.forward(both, want_logits=True)
     torch.testing.assert_close(out.logits[0], o0.logits[0], rtol=0, atol=1e-5)
@@ -158,10 +143,7 @@ def test_rows_with_different_lengths_in_one_batch(runner, tiny_model, mels) -> N
 
 
 def test_prompt_too_long_is_refused(runner) -> None:
-    batch = ForwardBatch(
-        slots=np.array([0]), start=np.array([1020]), ids=np.zeros((1, 10), np.int64), lengths=np.array([10]),
-        audio_pos=np.array([0]), n_audio=np.array([0]),
-    )
+    batch = ForwardBatch.of_rows([0], [1020], [[0] * 10], [0], [0])
     with pytest.raises(ValueError, match="exceeds"):
         runner.forward(batch)
 

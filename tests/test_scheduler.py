@@ -1,4 +1,4 @@
-"""The scheduler on the tiny random model: batching parity, caches, bad input."""
+"""The engine on the tiny random model: batching parity, caches, bad input."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 
 from engine.errors import BadAudioError, BadRequestError, OverloadedError, StreamClosedError, UnknownStreamError
 from engine.events import ErrorEvent, FinalEvent, PartialEvent, WordsEvent
-from engine.runner import EncodeRequest
-from engine.scheduler import Scheduler
+from engine.batch import EncodeRequest
+from engine.core import Engine
 from engine.transcribe import transcribe
 
 from .conftest import noise
@@ -17,8 +17,8 @@ from .conftest import noise
 CHUNK = 1600  # 100 ms
 
 
-def run_streams(scheduler: Scheduler, audio: dict[str, np.ndarray], language: str = "en") -> dict[str, list]:
-    """Feed all streams chunk by chunk in lockstep, step after each round; words per stream."""
+def run_streams(scheduler: Engine, audio: dict[str, np.ndarray], language: str = "en") -> dict[str, list]:
+    """Feed all streams chunk by chunk in lockstep, run the engine dry after each round; words per stream."""
     words: dict[str, list] = {sid: [] for sid in audio}
     finished: set[str] = set()
 
@@ -39,9 +39,10 @@ def run_streams(scheduler: Scheduler, audio: dict[str, np.ndarray], language: st
                 scheduler.feed(sid, samples[begin : begin + CHUNK])
             elif begin - CHUNK < len(samples):
                 scheduler.end(sid)
-        collect(scheduler.step().events)
+        while scheduler.has_work():
+            collect(scheduler.step().events)
     for sid, samples in audio.items():
-        if sid not in finished and scheduler._streams[sid].status.value == "open":
+        if sid not in finished and scheduler.scheduler._streams[sid].status.value == "open":
             scheduler.end(sid)
     while len(finished) < len(audio):
         collect(scheduler.step().events)
@@ -65,7 +66,21 @@ def test_steps_really_batch(make_scheduler) -> None:
         scheduler.open(sid, "en")
         scheduler.feed(sid, AUDIO[sid][:16_000])
     result = scheduler.step()
-    assert result.stats.batch == 8 and result.stats.forwards >= 2
+    assert result.stats.batch == result.stats.new_rows == 8 and result.stats.forwards == 1
+
+
+def test_a_stream_ready_mid_step_joins_the_next_forward(make_scheduler) -> None:
+    """Continuous batching: B does not wait for A's step to end; both decode in one forward."""
+    scheduler = make_scheduler(max_streams=2, max_batch=2, fixed_tokens_per_s=8.0, partial_tokens=0)
+    scheduler.open("a", "en")
+    scheduler.open("b", "en")
+    scheduler.feed("a", AUDIO["s0"][:16_000])
+    first = scheduler.step()
+    assert (first.stats.batch, first.stats.new_rows) == (1, 1)
+    scheduler.feed("b", AUDIO["s1"][:16_000])
+    second = scheduler.step()
+    assert (second.stats.batch, second.stats.new_rows) == (2, 1)
+    assert second.stats.steps == 0  # a's step (8 tokens for 1 s) is still going
 
 
 def test_prefix_reuse_on_equals_off(make_scheduler) -> None:
@@ -96,13 +111,14 @@ def test_cache_equals_full_encode_after_trims(make_scheduler) -> None:
     samples = noise(45.0, seed=11)
     for begin in range(0, len(samples), CHUNK):
         scheduler.feed("a", samples[begin : begin + CHUNK])
-        scheduler.step()
-        state = scheduler._streams["a"]
+        while scheduler.has_work():
+            scheduler.step()
+        state = scheduler.scheduler._streams["a"]
         # The buffer stays bounded: max_buffer_s + one window + one step.
         assert state.buffer_frames <= (16.0 + 8.0 + 2.0) * 100
     assert state.buffer_start > 0  # windows were trimmed from the front
     assert state.cached_windows >= 1
-    n_cached = state.cached_windows * scheduler.grid.tokens_per_window
+    n_cached = state.cached_windows * scheduler.scheduler.grid.tokens_per_window
     cached = scheduler.runner.audio[state.slot, :n_cached]
     (full,) = scheduler.runner.encode([EncodeRequest(state.buffer.frames)])
     # Tolerance 1e-5 of the largest activation: same kernels, other batch composition.
@@ -164,9 +180,10 @@ def test_bad_input_errors_and_other_streams_keep_running(make_scheduler) -> None
         if i == 6:
             with pytest.raises(BadAudioError, match="sample rate"):
                 scheduler.feed("bad", noise(0.1, seed=2), sample_rate=8000)
-        for event in scheduler.step().events:
-            if event.stream_id == "good" and isinstance(event, WordsEvent):
-                words += [(w.text, w.start, w.end) for w in event.words]
+        while scheduler.has_work():
+            for event in scheduler.step().events:
+                if event.stream_id == "good" and isinstance(event, WordsEvent):
+                    words += [(w.text, w.start, w.end) for w in event.words]
     scheduler.end("good")
     scheduler.end("bad")
     while not finished:
@@ -242,14 +259,15 @@ def test_open_with_context_puts_committed_text_in_the_prompt(make_scheduler) -> 
     assert len(ids) > 4
     scheduler.open("re", "en", context=text)
     scheduler.open("plain", "en")
-    state, plain = scheduler._streams["re"], scheduler._streams["plain"]
+    state, plain = scheduler.scheduler._streams["re"], scheduler.scheduler._streams["plain"]
     assert state.context == ids[-4:]
     assert plain.context == []
     for sid in ("re", "plain"):
         scheduler.feed(sid, noise(0.6, seed=9))
-    scheduler._take_audio([state, plain])
-    with_context = scheduler._plan(state, False).layout.ids
-    without = scheduler._plan(plain, False).layout.ids
+    scheduler.scheduler._take_audio(state)
+    scheduler.scheduler._take_audio(plain)
+    with_context = scheduler.scheduler._row(state, False).layout.ids
+    without = scheduler.scheduler._row(plain, False).layout.ids
     assert len(with_context) == len(without) + 4
     assert any(with_context[i : i + 4] == ids[-4:] for i in range(len(with_context)))
 

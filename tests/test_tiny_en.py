@@ -17,7 +17,8 @@ import pytest
 import soundfile
 
 from engine.config import EngineConfig
-from engine.heads import detect, load_timed_clips, read_heads_file
+from engine.head_detection import detect, load_timed_clips
+from engine.heads import read_heads_file
 from engine.loader import load_model
 from engine.tiny_tokenizer import read_words
 from engine.transcribe import transcribe_file

@@ -44,7 +44,7 @@ from engine.features import MelFrontend
 from engine.loader import assemble
 from engine.policy import PolicyConfig
 from engine.prompt import PromptTemplate
-from engine.scheduler import Scheduler
+from engine.core import Engine
 from engine.timing import AudioGrid
 from engine.tiny import TinyDims, random_model, save_checkpoint
 from engine.tiny_tokenizer import read_words
@@ -277,7 +277,7 @@ def evaluate_wer(model: torch.nn.Module, tokenizer: object, corpus: Corpus, fron
         model="training", max_streams=1, max_batch=1, max_buffer_s=14.0, max_step_s=14.0,
         max_backlog_s=14.0, max_chunk_s=14.0, policy=PolicyConfig(),
     )
-    scheduler = Scheduler(cfg, loaded)
+    scheduler = Engine(cfg, loaded)
     refs, hyps = [], []
     for index in range(min(n, len(corpus))):
         samples = corpus.samples(index)

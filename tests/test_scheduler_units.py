@@ -1,0 +1,163 @@
+"""The scheduler alone, driven with hand-written runner outputs (no model, no tensors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer, WhisperFeatureExtractor
+
+from engine.batch import RunnerOutput
+from engine.config import EngineConfig
+from engine.events import FinalEvent, PartialEvent, WordsEvent
+from engine.features import MelFrontend
+from engine.policy import PolicyConfig
+from engine.prompt import PromptTemplate
+from engine.scheduler import Scheduler
+from engine.timing import AudioGrid
+from engine.vocab import TokenTable
+
+from .conftest import noise
+
+MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "tiny-en"
+AUDIO_TOKEN_ID = 5  # models/tiny-en/config.json
+N_HEADS = 3
+
+
+@pytest.fixture(scope="module")
+def parts():
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+    template = PromptTemplate.from_tokenizer(tokenizer, (MODEL_DIR / "chat_template.jinja").read_text(), AUDIO_TOKEN_ID)
+    eos = tuple(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>"))
+    table = TokenTable.build(tokenizer, eos, len(tokenizer))
+    frontend = MelFrontend(np.asarray(WhisperFeatureExtractor.from_pretrained(MODEL_DIR).mel_filters, np.float32))
+    return tokenizer, template, table, frontend
+
+
+def make(parts, **overrides) -> Scheduler:
+    tokenizer, template, table, frontend = parts
+    cfg = EngineConfig(policy=PolicyConfig(border_s=0.6, rewind_s=1.5), partial_tokens=1, **overrides)
+    return Scheduler(cfg, AudioGrid.from_spec(50, 800), table, template, frontend, tokenizer)
+
+
+def token(parts, word: str) -> int:
+    (tid,) = parts[0].encode(f" {word}", add_special_tokens=False)
+    return tid
+
+
+def eos(parts) -> int:
+    return parts[0].convert_tokens_to_ids("<|im_end|>")
+
+
+def at(seconds: float) -> int:
+    """The audio token index whose centre is `seconds` into the audio (13 tokens per 1 s chunk)."""
+    chunk, within = divmod(seconds, 1.0)
+    return int(chunk) * 13 + int(round(within * 100 / 8))
+
+
+def output(*rows: tuple[int, float]) -> RunnerOutput:
+    """One forward's result: per row, the greedy token and where all heads looked (seconds)."""
+    return RunnerOutput(np.array([t for t, _ in rows], np.int64), np.array([[at(s)] * N_HEADS for _, s in rows]))
+
+
+def test_a_ready_stream_is_prefilled_with_its_audio_encoded(parts) -> None:
+    scheduler = make(parts)
+    scheduler.open("a", "en")
+    scheduler.feed("a", noise(0.4, seed=1))
+    assert scheduler.schedule().empty  # less than min_step_s of audio
+    scheduler.feed("a", noise(0.2, seed=2))
+    sched = scheduler.schedule()
+    (request,) = sched.plan.encode
+    assert request.slot == sched.rows[0].slot and request.store_at == 0 and request.mel.shape == (128, 59)  # 12.5 ms of STFT look-ahead
+    forward = sched.plan.forward
+    assert forward.lengths.tolist() == [len(sched.rows[0].layout.ids)] and forward.start.tolist() == [0]
+    assert sched.plan.prefill_rows == 1 and forward.n_audio.tolist() == [8]
+
+
+def test_tokens_become_timed_words_and_the_row_leaves_at_end_of_text(parts) -> None:
+    scheduler = make(parts)
+    scheduler.open("a", "en")
+    scheduler.feed("a", noise(2.0, seed=1))
+    first = scheduler.schedule()
+    row = first.rows[0]
+    assert scheduler.update(first, output((token(parts, "dog"), 0.2))).events == []
+    second = scheduler.schedule()
+    # The row goes on with the token it produced, at the next position; no new prefill.
+    assert second.plan.prefill_rows == 0
+    assert second.plan.forward.ids.tolist() == [token(parts, "dog")]
+    assert second.plan.forward.start.tolist() == [len(row.layout.ids)]
+    scheduler.update(second, output((token(parts, "ran"), 0.56)))
+    events = scheduler.update(scheduler.schedule(), output((eos(parts), 0.9))).events
+    words = next(e for e in events if isinstance(e, WordsEvent)).words
+    assert [(w.text, w.start) for w in words] == [("dog", pytest.approx(0.16)), ("ran", pytest.approx(0.56))]
+    assert scheduler.schedule().empty  # the step is over and no new audio is in
+
+
+def test_border_stop_gives_a_partial_and_commits_nothing_near_the_end(parts) -> None:
+    scheduler = make(parts)
+    scheduler.open("a", "en")
+    scheduler.feed("a", noise(1.0, seed=1))
+    scheduler.update(scheduler.schedule(), output((token(parts, "dog"), 0.2)))
+    # "ran" looks within border_s (0.6 s) of the end (1.0 s): not committed, shown tentatively.
+    scheduler.update(scheduler.schedule(), output((token(parts, "ran"), 0.7)))
+    events = scheduler.update(scheduler.schedule(), output((token(parts, "away"), 0.8))).events
+    assert [e.text for e in events if isinstance(e, PartialEvent)] == ["ran away"]
+    # "dog" is complete once the next word started (at its border stop).
+    assert [w.text for e in events if isinstance(e, WordsEvent) for w in e.words] == ["dog"]
+
+
+def test_a_word_is_never_committed_twice(parts) -> None:
+    """The decoder re-reading committed audio ("south the south") stops the step instead."""
+    scheduler = make(parts)
+    scheduler.open("a", "en")
+    scheduler.feed("a", noise(3.0, seed=1))
+    for word, seconds in (("the", 0.3), ("south", 0.7)):
+        scheduler.update(scheduler.schedule(), output((token(parts, word), seconds)))
+    events = scheduler.update(scheduler.schedule(), output((token(parts, "the"), 0.3))).events
+    # Repeat stop: "the" is not committed again, and "south" is complete.
+    assert [w.text for e in events if isinstance(e, WordsEvent) for w in e.words] == ["the", "south"]
+    scheduler.feed("a", noise(1.0, seed=2))
+    scheduler.end("a")
+    # Even the final flush (no border, no rewind) keeps the timeline moving forward.
+    sched = scheduler.schedule()
+    assert sched.rows[0].final
+    events = scheduler.update(sched, output((token(parts, "south"), 0.7))).events
+    (final,) = [e for e in events if isinstance(e, FinalEvent)]
+    assert final.words == []
+
+
+def test_a_stream_ready_mid_step_joins_the_next_forward_before_rows_in_flight(parts) -> None:
+    scheduler = make(parts, max_batch=3)
+    for sid in "abcd":
+        scheduler.open(sid, "en")
+    scheduler.feed("a", noise(1.0, seed=1))
+    scheduler.update(scheduler.schedule(), output((token(parts, "dog"), 0.1)))
+    for sid in "bcd":
+        scheduler.feed(sid, noise(1.0, seed=2))
+    sched = scheduler.schedule()
+    # Room for two new rows beside a's: its prefill-free row comes last; d waits.
+    assert [r.stream_id for r in sched.rows] == ["b", "c", "a"]
+    assert sched.plan.forward.lengths.tolist()[-1] == 1 and sched.plan.prefill_rows == 2
+
+
+def test_an_aborted_stream_leaves_its_step_and_frees_its_slot(parts) -> None:
+    scheduler = make(parts, max_streams=1)
+    scheduler.open("a", "en")
+    scheduler.feed("a", noise(1.0, seed=1))
+    scheduler.update(scheduler.schedule(), output((token(parts, "dog"), 0.1)))
+    scheduler.abort("a")
+    assert scheduler.schedule().empty
+    assert scheduler.free_slots == 1 and scheduler.open_streams == 0
+
+
+def test_a_failed_forward_ends_only_its_streams(parts) -> None:
+    scheduler = make(parts, max_streams=3, max_batch=2)
+    for sid in "abc":
+        scheduler.open(sid, "en")
+    scheduler.feed("a", noise(0.6, seed=1))
+    scheduler.feed("b", noise(0.6, seed=1))
+    sched = scheduler.schedule()
+    events = scheduler.fail(sched, "boom").events
+    assert sorted(e.stream_id for e in events) == ["a", "b"]
+    assert scheduler.free_slots == 2 and scheduler.open_streams == 1
