@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import msgpack
@@ -48,6 +48,8 @@ MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 # Multipart headers and the small fields around the file.
 _FORM_OVERHEAD_BYTES = 64 * 1024
 STREAM_ID_HEADER = "x-stream-id"
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class StreamHost(Protocol):
@@ -102,7 +104,9 @@ class OpenAIRoutes:
             Route("/v1/models/{model_id:path}", self._answer(self.model), methods=["GET"]),
         ]
 
-    def _answer(self, handler: Any) -> Any:
+    def _answer(self, handler: Handler) -> Handler:
+        """OpenAIError -> its JSON answer (counted like the native error frames)."""
+
         async def answer(request: Request) -> Response:
             try:
                 return await handler(request)

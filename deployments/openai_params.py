@@ -85,7 +85,7 @@ def parse_transcription_form(form: Form, model_ids: tuple[str, ...]) -> Transcri
                           f"{' or '.join(STREAM_FORMATS)}, not {response_format!r}", "stream")
     return TranscriptionParams(
         file=file,
-        language=_language(_text(form, "language")),
+        language=check_language(_text(form, "language"), "language"),
         prompt=_text(form, "prompt") or "",
         response_format=response_format,
         words="word" in granularities,
@@ -117,10 +117,6 @@ def _check_model(model: str | None, model_ids: tuple[str, ...]) -> None:
     if not model:
         raise OpenAIError("bad_request", "'model' is required (GET /v1/models lists the served one)", "model")
     check_model(model, model_ids, "model")
-
-
-def _language(value: str | None) -> str | None:
-    return check_language(value, "language")
 
 
 def _check_temperature(value: str | None) -> None:

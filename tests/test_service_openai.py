@@ -296,12 +296,12 @@ def test_bad_requests_raise_the_sdks_errors_with_our_messages(service, tenants: 
         client.audio.transcriptions.create(file=("big.wav", b"RIFF" + b"\0" * (65 * 1024 * 1024)), model=model)
     assert too_large.value.status_code == 413 and too_large.value.code == "file_too_large"
 
-    async def solo_busy():
-        """While solo's one stream is open, its transcription is over quota."""
-        async with CaptionStream(WS_URL, language="en", api_key=tenants.keys["solo"]):
-            return await asyncio.to_thread(_expect_rate_limited, tenants.keys["solo"], wav, model)
+    async def lone_busy():
+        """While lone's one stream is open, its transcription is over quota."""
+        async with CaptionStream(WS_URL, language="en", api_key=tenants.keys["lone"]):
+            return await asyncio.to_thread(_expect_rate_limited, tenants.keys["lone"], wav, model)
 
-    rate_limited = asyncio.run(solo_busy())
+    rate_limited = asyncio.run(lone_busy())
     assert rate_limited.code == "quota_exceeded" and "concurrent streams" in rate_limited.message
 
 
