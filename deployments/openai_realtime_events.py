@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass, replace
 from typing import Any
 
+from deployments.g711 import G711_RATE
 from deployments.openai_errors import OpenAIError
 from deployments.openai_params import check_language, check_model
 from deployments.protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
@@ -21,10 +22,10 @@ from deployments.protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 # The rate OpenAI's `audio/pcm` (beta: `pcm16`) is sent at.
 OPENAI_PCM_RATE = 24_000
 GA, BETA = "ga", "beta"
-_BETA_FORMATS = {"pcm16": OPENAI_PCM_RATE}
-# G.711 is telephony audio; it is refused rather than decoded here (docs/openai.md).
-_G711 = ("audio/pcmu", "audio/pcma", "g711_ulaw", "g711_alaw")
-_MISSING = object()
+# Audio formats by their beta names (used inside too) and GA types; G.711 is always 8 kHz.
+PCM16, ULAW, ALAW = "pcm16", "g711_ulaw", "g711_alaw"
+_BETA_RATES = {PCM16: OPENAI_PCM_RATE, ULAW: G711_RATE, ALAW: G711_RATE}
+_GA_TYPES = {"audio/pcm": PCM16, "audio/pcmu": ULAW, "audio/pcma": ALAW}
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class Settings:
     model: str
     language: str | None = None
     prompt: str = ""
-    sample_rate: int = OPENAI_PCM_RATE  # of the little-endian PCM16 the client appends
+    audio_format: str = PCM16  # PCM16 (little-endian), ULAW or ALAW
+    sample_rate: int = OPENAI_PCM_RATE
 
 
 def event_id() -> str:
@@ -58,7 +60,7 @@ def apply_update(settings: Settings, session: Any, model_ids: tuple[str, ...]) -
 def _apply_ga(settings: Settings, session: dict, audio_input: dict, model_ids: tuple[str, ...]) -> Settings:
     prefix = "session.audio.input"
     if "format" in audio_input:
-        settings = replace(settings, sample_rate=_ga_rate(audio_input["format"], f"{prefix}.format"))
+        settings = _ga_format(settings, audio_input["format"], f"{prefix}.format")
     _check_turn_detection(audio_input.get("turn_detection"), f"{prefix}.turn_detection")
     _check_include(session.get("include"))
     transcription = _object(audio_input, "transcription", prefix)
@@ -68,12 +70,10 @@ def _apply_ga(settings: Settings, session: dict, audio_input: dict, model_ids: t
 def _apply_beta(settings: Settings, session: dict, model_ids: tuple[str, ...]) -> Settings:
     if "input_audio_format" in session:
         value = session["input_audio_format"]
-        if value in _G711:
-            raise _g711("session.input_audio_format")
-        if value not in _BETA_FORMATS:
-            raise OpenAIError("bad_request", f"input_audio_format {value!r} is not supported; use 'pcm16'",
-                              "session.input_audio_format")
-        settings = replace(settings, sample_rate=_BETA_FORMATS[value])
+        if value not in _BETA_RATES:
+            raise OpenAIError("bad_request", f"input_audio_format {value!r} is not supported; use one of "
+                              f"{', '.join(_BETA_RATES)}", "session.input_audio_format")
+        settings = replace(settings, audio_format=value, sample_rate=_BETA_RATES[value])
     _check_turn_detection(session.get("turn_detection"), "session.turn_detection")
     _check_include(session.get("include"))
     transcription = _object(session, "input_audio_transcription", "session")
@@ -90,20 +90,21 @@ def _apply_transcription(settings: Settings, transcription: dict, prefix: str, m
     return settings
 
 
-def _ga_rate(value: Any, param: str) -> int:
+def _ga_format(settings: Settings, value: Any, param: str) -> Settings:
     if not isinstance(value, dict):
         raise OpenAIError("bad_request", "the audio format must be an object", param)
-    if value.get("type") in _G711:
-        raise _g711(param)
-    if value.get("type") != "audio/pcm":
-        raise OpenAIError("bad_request", f"audio format {value.get('type')!r} is not supported; use 'audio/pcm'",
-                          f"{param}.type")
+    audio_format = _GA_TYPES.get(value.get("type"))
+    if audio_format is None:
+        raise OpenAIError("bad_request", f"audio format {value.get('type')!r} is not supported; use one of "
+                          f"{', '.join(_GA_TYPES)}", f"{param}.type")
+    if audio_format != PCM16:
+        return replace(settings, audio_format=audio_format, sample_rate=G711_RATE)
     rate = value.get("rate", OPENAI_PCM_RATE)
     # OpenAI only takes 24 kHz; any rate the native protocol takes is accepted.
     if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise OpenAIError("bad_request", f"rate must be an integer in [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}]",
                           f"{param}.rate")
-    return rate
+    return replace(settings, audio_format=PCM16, sample_rate=rate)
 
 
 def _check_turn_detection(value: Any, param: str) -> None:
@@ -116,10 +117,6 @@ def _check_turn_detection(value: Any, param: str) -> None:
 def _check_include(value: Any) -> None:
     if value:
         raise OpenAIError("bad_request", "log probabilities are not computed", "session.include")
-
-
-def _g711(param: str) -> OpenAIError:
-    return OpenAIError("bad_request", "G.711 audio is not supported; send 16-bit PCM (audio/pcm, pcm16)", param)
 
 
 def _object(parent: dict, key: str, where: str) -> dict:
@@ -145,17 +142,23 @@ def session_event(kind: str, dialect: str, session_id: str, settings: Settings) 
     if dialect == BETA:
         session: dict[str, Any] = {
             "id": session_id, "object": "realtime.transcription_session", "modalities": ["text"],
-            "input_audio_format": "pcm16", "input_audio_transcription": transcription,
+            "input_audio_format": settings.audio_format, "input_audio_transcription": transcription,
             "turn_detection": None, "input_audio_noise_reduction": None, "include": [],
         }
         return {"type": f"transcription_session.{kind}", "event_id": event_id(), "session": session}
     session = {
         "type": "transcription", "id": session_id, "object": "realtime.transcription_session",
-        "audio": {"input": {"format": {"type": "audio/pcm", "rate": settings.sample_rate},
+        "audio": {"input": {"format": _ga_format_object(settings),
                             "transcription": transcription, "turn_detection": None, "noise_reduction": None}},
         "include": [],
     }
     return {"type": f"session.{kind}", "event_id": event_id(), "session": session}
+
+
+def _ga_format_object(settings: Settings) -> dict[str, Any]:
+    if settings.audio_format == PCM16:
+        return {"type": "audio/pcm", "rate": settings.sample_rate}
+    return {"type": next(kind for kind, name in _GA_TYPES.items() if name == settings.audio_format)}
 
 
 def error_event(error: OpenAIError, client_event_id: str | None = None) -> dict[str, Any]:

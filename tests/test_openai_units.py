@@ -15,6 +15,7 @@ from captions.exports import build_cues, to_srt
 from deployments import openai_formats as fmt
 from deployments import openai_realtime_events as events
 from deployments.audio_files import UnsupportedFormat, decode_file, sniff_demuxer
+from deployments.g711 import G711Decoder, encode_g711
 from deployments.openai_errors import OpenAIError, from_service_error
 from deployments.openai_params import parse_transcription_form, served_model_id
 from deployments.relay import RelayError
@@ -78,6 +79,18 @@ def test_a_truncated_file_is_bad_audio() -> None:
     with pytest.raises(BadAudioError) as err:
         decode_file(io.BytesIO(flac[:60]))
     assert err.value.code == "bad_audio"
+
+
+@pytest.mark.parametrize("law", ["ulaw", "alaw"])
+def test_g711_expands_to_the_pcm16_it_encodes(law: str) -> None:
+    source = (tone(0.5)[::2] * 32767).astype(np.int16)  # 8 kHz
+    data = encode_g711(source, law)
+    assert len(data) == len(source)
+    decoder = G711Decoder(law)
+    pcm = np.frombuffer(decoder.decode(data[:1001]) + decoder.decode(data[1001:]), "<i2")
+    assert len(pcm) == len(source)
+    # 8-bit companding: the error grows with the level, a few percent of it at most.
+    assert np.abs(pcm.astype(np.int32) - source).max() < 0.04 * np.abs(source).max()
 
 
 # ------------------------------------------------------------------ form fields
@@ -190,23 +203,32 @@ def test_realtime_updates_in_both_dialects() -> None:
     ga = events.apply_update(settings, {"type": "transcription", "audio": {"input": {
         "format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None, "noise_reduction": None,
         "transcription": {"model": "tiny-en", "language": "en", "prompt": "names: Qwen"}}}}, MODELS)
-    assert ga == events.Settings("tiny-en", "en", "names: Qwen", 16000)
+    assert ga == events.Settings("tiny-en", "en", "names: Qwen", sample_rate=16000)
     beta = events.apply_update(ga, {"input_audio_format": "pcm16", "turn_detection": None,
                                     "input_audio_transcription": {"language": "auto"}}, MODELS)
-    assert beta == events.Settings("tiny-en", None, "names: Qwen", 24000)
+    assert beta == events.Settings("tiny-en", None, "names: Qwen", sample_rate=24000)
     created = events.session_event("created", events.BETA, "sess_1", beta)
     assert created["type"] == "transcription_session.created"
     assert created["session"]["input_audio_transcription"]["prompt"] == "names: Qwen"
     updated = events.session_event("updated", events.GA, "sess_1", ga)
     assert updated["session"]["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 16000}
+    # G.711 is 8 kHz in both dialects.
+    ulaw = events.apply_update(ga, {"type": "transcription", "audio": {"input": {"format": {"type": "audio/pcmu"}}}},
+                               MODELS)
+    assert (ulaw.audio_format, ulaw.sample_rate) == (events.ULAW, 8000)
+    assert events.session_event("updated", events.GA, "s", ulaw)["session"]["audio"]["input"]["format"] == \
+        {"type": "audio/pcmu"}
+    alaw = events.apply_update(ga, {"input_audio_format": "g711_alaw"}, MODELS)
+    assert (alaw.audio_format, alaw.sample_rate) == (events.ALAW, 8000)
+    assert events.session_event("updated", events.BETA, "s", alaw)["session"]["input_audio_format"] == "g711_alaw"
 
 
 @pytest.mark.parametrize("session,param", [
     ({"type": "realtime"}, "session.type"),
     ({"audio": {"input": {"turn_detection": {"type": "server_vad"}}}}, "session.audio.input.turn_detection"),
     ({"turn_detection": {"type": "semantic_vad"}}, "session.turn_detection"),
-    ({"audio": {"input": {"format": {"type": "audio/pcmu"}}}}, "session.audio.input.format"),
-    ({"input_audio_format": "g711_alaw"}, "session.input_audio_format"),
+    ({"audio": {"input": {"format": {"type": "audio/opus"}}}}, "session.audio.input.format.type"),
+    ({"input_audio_format": "mp3"}, "session.input_audio_format"),
     ({"audio": {"input": {"format": {"type": "audio/pcm", "rate": 4000}}}}, "session.audio.input.format.rate"),
     ({"audio": {"input": {"transcription": {"model": "whisper-1"}}}}, "session.audio.input.transcription.model"),
     ({"input_audio_transcription": {"language": "xx"}}, "session.input_audio_transcription.language"),
