@@ -23,6 +23,7 @@ import binascii
 import json
 import logging
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ from captions.tenants import Tenant
 from deployments import openai_formats as fmt
 from deployments import openai_realtime_events as events
 from deployments.audio_in import AudioDecoder
+from deployments.g711 import G711Decoder
 from deployments.openai_api import StreamHost, authenticate, discard, model_ids, open_relay
 from deployments.openai_errors import OpenAIError, from_service_error
 from deployments.pacing import push_paced
@@ -50,8 +52,28 @@ _CLOSE_FOR = {"overloaded": 1013, "unavailable": 1013, "internal": 1011}
 _CLOSE_POLICY = 1008
 # Errors after which the socket cannot usefully go on; others are reported and the session continues.
 _FATAL = {"unauthorized", "quota_exceeded", "overloaded", "unavailable", "internal"}
-# Appended audio is decoded in pieces of at most this much, under engine.max_chunk_s.
+# Appended audio is decoded in pieces of at most this much.
 _PIECE_S = 1.0
+# Browsers cannot set headers on a WebSocket: OpenAI's browser clients offer
+# ["realtime", "openai-insecure-api-key.KEY", "openai-beta.realtime-v1"] instead.
+_REALTIME_SUBPROTOCOL = "realtime"
+_KEY_SUBPROTOCOL = "openai-insecure-api-key."
+_BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
+
+
+class InputAudio:
+    """A socket's appended bytes to 16 kHz float32: G.711 is expanded to PCM16 first, then as /v1/stream."""
+
+    def __init__(self, settings: events.Settings, max_chunk_s: float) -> None:
+        law = {events.ULAW: "ulaw", events.ALAW: "alaw"}.get(settings.audio_format)
+        self._g711 = None if law is None else G711Decoder(law)
+        self._pcm = AudioDecoder(settings.sample_rate, "pcm_s16le", max_chunk_s)
+        # Appends are decoded in pieces of _PIECE_S (whole samples), under engine.max_chunk_s.
+        self.piece_bytes = int(settings.sample_rate * _PIECE_S) * (2 if self._g711 is None else 1)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Samples (possibly none while the resampler fills), or BadAudioError."""
+        return self._pcm.decode(data if self._g711 is None else self._g711.decode(data))
 
 
 @dataclass
@@ -73,11 +95,13 @@ class RealtimeRoute:
         self.model_ids = model_ids(host.cfg)
 
     async def serve(self, ws: WebSocket) -> None:
-        await ws.accept()
-        dialect = events.BETA if "realtime=v1" in ws.headers.get("openai-beta", "") else events.GA
-        conn = RealtimeConnection(self.host, ws, dialect, self.model_ids)
+        offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+        # A browser must get one of the subprotocols it offered back, or it drops the socket.
+        await ws.accept(subprotocol=_REALTIME_SUBPROTOCOL if _REALTIME_SUBPROTOCOL in offered else None)
+        beta = "realtime=v1" in ws.headers.get("openai-beta", "") or _BETA_SUBPROTOCOL in offered
+        conn = RealtimeConnection(self.host, ws, events.BETA if beta else events.GA, self.model_ids)
         try:
-            tenant = await authenticate(self.host, ws.headers, ws.query_params)
+            tenant = await authenticate(self.host, _key_headers(ws.headers, offered), ws.query_params)
             if ws.query_params.get("intent") != "transcription":
                 raise OpenAIError("bad_request", "only transcription sessions are served here: connect to "
                                   "/v1/realtime?intent=transcription", "intent")
@@ -98,7 +122,7 @@ class RealtimeConnection:
         self.model_ids = model_ids
         self.session_id = "sess_" + secrets.token_hex(12)
         self.settings = events.Settings(model=model_ids[0])
-        self.decoder = self._decoder()
+        self.audio = self._input_audio()
         self.tenant: Tenant | None = None
         self.current: Item | None = None  # receiving audio
         self.committed: Item | None = None  # committed, not known to be complete yet
@@ -170,23 +194,24 @@ class RealtimeConnection:
     async def update(self, session: Any, dialect: str) -> None:
         """New settings apply to the next item; the current one keeps its language and prompt."""
         settings = events.apply_update(self.settings, session, self.model_ids)
-        rate_changed = settings.sample_rate != self.settings.sample_rate
+        format_changed = (settings.audio_format, settings.sample_rate) != (self.settings.audio_format,
+                                                                            self.settings.sample_rate)
         self.settings = settings
-        if rate_changed:
-            self.decoder = self._decoder()
+        if format_changed:
+            self.audio = self._input_audio()
         await self.send(events.session_event("updated", dialect, self.session_id, settings))
 
     async def append(self, audio: Any) -> None:
         if not isinstance(audio, str):
-            raise OpenAIError("bad_request", "'audio' must be base64-encoded PCM16", "audio")
+            raise OpenAIError("bad_request", "'audio' must be base64-encoded audio", "audio")
         try:
             data = base64.b64decode(audio, validate=True)
         except binascii.Error as exc:
             raise OpenAIError("bad_audio", f"'audio' is not valid base64: {exc}", "audio") from exc
-        piece = 2 * int(self.settings.sample_rate * _PIECE_S)
+        piece = self.audio.piece_bytes
         for begin in range(0, len(data), piece):
             try:
-                samples = self.decoder.decode(data[begin : begin + piece])
+                samples = self.audio.decode(data[begin : begin + piece])
             except BadAudioError as exc:
                 raise OpenAIError(exc.code, str(exc), "audio") from exc
             if len(samples):
@@ -276,8 +301,14 @@ class RealtimeConnection:
         if not task.cancelled() and task.exception() is not None:
             log.error("realtime %s: background task failed", self.session_id, exc_info=task.exception())
 
-    def _decoder(self) -> AudioDecoder:
-        return AudioDecoder(self.settings.sample_rate, "pcm_s16le", self.host.cfg.engine.max_chunk_s)
+    def _input_audio(self) -> InputAudio:
+        return InputAudio(self.settings, self.host.cfg.engine.max_chunk_s)
+
+
+def _key_headers(headers: Mapping[str, str], offered: list[str]) -> Mapping[str, str]:
+    """The socket's headers, or an Authorization header made from a key offered as a subprotocol."""
+    keys = [p[len(_KEY_SUBPROTOCOL):] for p in offered if p.startswith(_KEY_SUBPROTOCOL)]
+    return {"authorization": f"Bearer {keys[0]}"} if keys else headers
 
 
 def _parse(text: str | None) -> dict[str, Any]:
