@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,10 +22,12 @@ import openai
 import pytest
 import soundfile
 import soxr
+import websockets
 
 from captions.exports import to_srt, to_vtt
 from client.stream import CaptionStream, pcm_chunks, send_realtime
 from deployments.audio_files import decode_file
+from deployments.g711 import G711Decoder, encode_g711
 from deployments.session import SessionWord
 from engine.features import SAMPLE_RATE
 
@@ -113,6 +116,7 @@ def test_every_response_format_gives_the_native_words(service, samples, key: str
         "vtt": {"response_format": "vtt"},
         "verbose": {"response_format": "verbose_json", "timestamp_granularities": ["word", "segment"]},
         "verbose_default": {"response_format": "verbose_json"},
+        "prompted": {"prompt": "hello world the quick brown fox"},
     }
     with ThreadPoolExecutor(3) as pool:
         results = dict(zip(requests, pool.map(lambda fields: create(**fields), requests.values())))
@@ -128,6 +132,8 @@ def test_every_response_format_gives_the_native_words(service, samples, key: str
     assert verbose.text == text and verbose.language == "english" and verbose.duration == pytest.approx(5.0)
     assert " ".join(s.text for s in verbose.segments) == text
     assert verbose.segments[0].start == words[0]["start"] and verbose.segments[-1].end == words[-1]["end"]
+    # The prompt reaches the engine as context: the random model decodes the same audio differently.
+    assert results["prompted"].text != text
     # Whisper's default: segments without words.
     assert results["verbose_default"].words is None and results["verbose_default"].segments == verbose.segments
 
@@ -163,11 +169,11 @@ def test_stream_true_sends_deltas_as_words_are_committed(service, samples, key: 
     assert "".join(deltas) == events[-1].text == native["text"]
 
 
-async def native_stream_24k(pcm: bytes, key: str) -> dict:
-    """The native socket's `final` for 24 kHz PCM16 sent in CHUNK_S chunks."""
-    step = int(2 * REALTIME_RATE * CHUNK_S)
+async def native_stream(pcm: bytes, key: str, rate: int = REALTIME_RATE) -> dict:
+    """The native socket's `final` for PCM16 at `rate` sent in CHUNK_S chunks."""
+    step = int(2 * rate * CHUNK_S)
     chunks = [pcm[i : i + step] for i in range(0, len(pcm), step)]
-    async with CaptionStream(WS_URL, sample_rate=REALTIME_RATE, language="en", api_key=key) as stream:
+    async with CaptionStream(WS_URL, sample_rate=rate, language="en", api_key=key) as stream:
         sender = asyncio.create_task(send_realtime(stream, chunks, CHUNK_S, speed=2.0))
         frames = [frame async for frame in stream.frames()]
         await sender
@@ -207,7 +213,7 @@ def test_realtime_transcription_gives_deltas_then_the_native_transcript(service,
             await sender
         return events, sent_commit_at
 
-    (events, commit_index), native = asyncio.run(run()), asyncio.run(native_stream_24k(pcm, key))
+    (events, commit_index), native = asyncio.run(run()), asyncio.run(native_stream(pcm, key))
     types = [e.type for e in events]
     assert types[:2] == ["session.created", "session.updated"], types
     assert events[1].session.audio.input.transcription.language == "en"
@@ -228,9 +234,14 @@ def test_realtime_transcription_gives_deltas_then_the_native_transcript(service,
     assert stored["status"] == "ended" and stored["words"] == native["words"]
 
 
-def test_realtime_beta_dialect_and_its_errors(service, samples, key: str, model: str) -> None:
-    """The beta SDK connection: transcription_session.* events; bad events are error events, the session goes on."""
+def test_realtime_beta_dialect_its_errors_and_g711(service, samples, key: str, model: str) -> None:
+    """The beta SDK connection: transcription_session.* events; bad events are error events, the session goes on.
+
+    A second item in G.711 mu-law gives the native words of the 8 kHz PCM16 it expands to.
+    """
     pcm = pcm16(resample_24k(samples[: 2 * SAMPLE_RATE]))
+    pcm_8k = (soxr.resample(samples[: 3 * SAMPLE_RATE], SAMPLE_RATE, 8000) * 32767).astype("<i2")
+    ulaw = encode_g711(pcm_8k, "ulaw")
 
     async def run():
         got = []
@@ -249,13 +260,28 @@ def test_realtime_beta_dialect_and_its_errors(service, samples, key: str, model:
             got.append(await conn.recv())
             await conn.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()})
             await conn.send({"type": "input_audio_buffer.commit"})
-            async for event in conn:
-                got.append(event)
-                if event.type in ("conversation.item.input_audio_transcription.completed", "error"):
-                    break
+            await completed(conn, got)
+            # The language stays "en"; the prompt is cleared, as the native reference has none.
+            await conn.send({"type": "transcription_session.update", "session": {
+                "input_audio_format": "g711_ulaw", "input_audio_transcription": {"prompt": ""}}})
+            step = int(8000 * CHUNK_S)
+            for begin in range(0, len(ulaw), step):  # at 3x real time
+                await conn.send({"type": "input_audio_buffer.append",
+                                 "audio": base64.b64encode(ulaw[begin : begin + step]).decode()})
+                await asyncio.sleep(CHUNK_S / 3)
+            await conn.send({"type": "input_audio_buffer.commit"})
+            await completed(conn, got)
         return got
 
+    async def completed(conn, got: list) -> None:
+        async for event in conn:
+            got.append(event)
+            if event.type in ("conversation.item.input_audio_transcription.completed", "error"):
+                return
+
     events = asyncio.run(run())
+    expanded = G711Decoder("ulaw").decode(ulaw)
+    native = asyncio.run(native_stream(expanded, key, rate=8000))
     created, early, vad, unknown, updated = events[:5]
     assert created.type == "transcription_session.created"
     assert early.type == "error" and early.error.code == "input_audio_buffer_commit_empty"
@@ -266,7 +292,12 @@ def test_realtime_beta_dialect_and_its_errors(service, samples, key: str, model:
     assert updated.session.input_audio_transcription.prompt == "noise test"
     types = [e.type for e in events[5:]]
     assert types[:2] == ["input_audio_buffer.committed", "conversation.item.created"], types
-    assert types[-1] == "conversation.item.input_audio_transcription.completed", events[-1]
+    first = events[5 + types.index("conversation.item.input_audio_transcription.completed")]
+    assert first.usage.seconds == pytest.approx(2.0, abs=0.05)
+    assert events[-1].type == "conversation.item.input_audio_transcription.completed", events[-1]
+    second = [e for e in events[5:] if e.type == "input_audio_buffer.committed"][1]
+    assert second.previous_item_id == first.item_id and events[-1].item_id == second.item_id
+    assert native["text"] and events[-1].transcript == native["text"]
 
 
 def test_bad_requests_raise_the_sdks_errors_with_our_messages(service, tenants: Tenants, samples, key: str,
@@ -311,11 +342,22 @@ def _expect_rate_limited(key: str, wav, model: str) -> openai.RateLimitError:
     return refused.value
 
 
-def test_realtime_bad_key_is_an_error_event(service, model: str) -> None:
-    async def run():
+def test_realtime_keys_in_a_header_or_a_browser_subprotocol(service, key: str) -> None:
+    async def bad_key():
         async with async_sdk("ck_00000000_" + "A" * 43).realtime.connect(
                 extra_query={"intent": "transcription"}) as conn:
             return await conn.recv()
 
-    event = asyncio.run(run())
+    async def browser(api_key: str):
+        """What OpenAI's browser examples send: the key as a subprotocol (browsers cannot set headers)."""
+        url = f"ws://127.0.0.1:{SERVICE_PORT}/v1/realtime?intent=transcription"
+        async with websockets.connect(url, subprotocols=["realtime", f"openai-insecure-api-key.{api_key}",
+                                                         "openai-beta.realtime-v1"]) as ws:
+            return ws.subprotocol, json.loads(await ws.recv())
+
+    event = asyncio.run(bad_key())
     assert event.type == "error" and event.error.code == "unauthorized"
+    subprotocol, created = asyncio.run(browser(key))
+    assert subprotocol == "realtime" and created["type"] == "transcription_session.created"
+    _, refused = asyncio.run(browser("ck_00000000_" + "A" * 43))
+    assert refused["type"] == "error" and refused["error"]["code"] == "unauthorized"
