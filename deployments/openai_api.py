@@ -155,7 +155,7 @@ class OpenAIRoutes:
         finally:
             await discard(relay)
         if relay.failure is not None:
-            raise from_service_error(relay.failure)
+            return from_service_error(relay.failure).response()  # the relay counted it
         return self._render(params, relay.session, audio_s, headers)
 
     async def _params(self, request: Request) -> TranscriptionParams:
@@ -201,6 +201,7 @@ class OpenAIRoutes:
 
         await relay.attach(sink)
         feeder = asyncio.get_running_loop().create_task(self._feed(relay, samples, queue))
+        feeder.add_done_callback(_log_failure)
         first = True
         try:
             async for frame in _frames(relay, queue):
@@ -243,6 +244,12 @@ async def _frames(relay: Relay, queue: asyncio.Queue[bytes]) -> AsyncIterator[di
                 get.cancel()
     finally:
         done.cancel()
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    """Background tasks must not fail silently."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task failed", exc_info=task.exception())
 
 
 def _too_large() -> OpenAIError:

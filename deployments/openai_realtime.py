@@ -59,6 +59,8 @@ _PIECE_S = 1.0
 _REALTIME_SUBPROTOCOL = "realtime"
 _KEY_SUBPROTOCOL = "openai-insecure-api-key."
 _BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
+# Items' clean-up tasks, which may outlive their socket: the event loop holds tasks weakly.
+_BACKGROUND: set[asyncio.Task] = set()
 
 
 class InputAudio:
@@ -128,7 +130,6 @@ class RealtimeConnection:
         self.committed: Item | None = None  # committed, not known to be complete yet
         self.last_item_id: str | None = None
         self._send_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------ the socket
     async def run(self, tenant: Tenant) -> None:
@@ -274,8 +275,7 @@ class RealtimeConnection:
         elif msg["type"] == "final":
             for event in events.completed_events(self.dialect, item.id, item.previous_id, msg["text"], item.audio_s):
                 await self.send(event)
-        elif msg["type"] == "error":
-            self.host.metrics.errors.inc(tags={"code": msg["code"]})
+        elif msg["type"] == "error":  # the relay counted it
             await self.send(events.failed_event(item.id, OpenAIError(msg["code"], msg["message"])))
 
     async def _watch(self, relay: Relay) -> None:
@@ -293,11 +293,11 @@ class RealtimeConnection:
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)  # a reference, so the task is not collected while it runs
+        _BACKGROUND.add(task)
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
+        _BACKGROUND.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("realtime %s: background task failed", self.session_id, exc_info=task.exception())
 
