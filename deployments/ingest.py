@@ -4,6 +4,8 @@
     POST      /v1/transcribe a whole audio file -> JSON transcript
     GET       /healthz
     GET       /metrics       per-tenant usage counters of this replica (Prometheus text)
+    POST      /v1/audio/transcriptions, GET /v1/models, WebSocket /v1/realtime
+                             OpenAI's transcription API (deployments/openai_api.py, docs/openai.md)
     ...                      the captions routes: page, transcripts, viewers (docs/captions.md)
 
 Every stream and transcription needs a tenant's API key (Bearer header or
@@ -46,6 +48,8 @@ from deployments import protocol
 from deployments.audio_in import AudioDecoder
 from deployments.config import ServiceConfig
 from deployments.metrics import IngestMetrics
+from deployments.openai_api import OpenAIRoutes
+from deployments.openai_realtime import RealtimeRoute
 from deployments.relay import Relay, RelayError, Sink, SinkClosed
 from deployments.session import Session
 from engine.audio import resample
@@ -86,6 +90,8 @@ class Ingest:
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/metrics", self.tenant_metrics, methods=["GET"]),
             *caption_routes(self.store, self.auth, self.hub),
+            *OpenAIRoutes(self).routes(),
+            WebSocketRoute("/v1/realtime", RealtimeRoute(self).serve),
         ])
 
     async def healthz(self, request: Request) -> JSONResponse:

@@ -61,6 +61,9 @@ class Session:
     ended: bool = False
     finished: bool = False
     rehomes: int = 0
+    # Text the client gave to guide the transcript (OpenAI's `prompt`); it leads
+    # every incarnation's context, before the committed text.
+    prompt: str = ""
 
     @property
     def stream_key(self) -> str:
@@ -120,8 +123,8 @@ class Session:
                  self.session_id, self.stream_key, len(self.replay) / SAMPLE_RATE, len(self.words))
 
     def context(self) -> str:
-        """Committed text, the new incarnation's prompt context (the engine keeps its tail)."""
-        return " ".join(w.text for w in self.words[-64:])
+        """The client's prompt, then the committed text: an incarnation's context (the engine keeps its tail)."""
+        return " ".join(t for t in (self.prompt.strip(), " ".join(w.text for w in self.words[-64:])) if t)
 
     def language_hint(self) -> str | None:
         """A re-homed stream keeps the language already detected."""

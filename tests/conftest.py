@@ -60,7 +60,8 @@ class Tenants:
 
 @pytest.fixture(scope="session")
 def tenants(tmp_path_factory: pytest.TempPathFactory) -> Tenants:
-    """acme: room for every service test; globex: a second tenant; solo: one stream at a time."""
+    """acme: room for every service test; globex: a second tenant; solo, and lone for the OpenAI tests
+    (so the per-tenant rejection counts each module checks stay its own): one stream at a time."""
     from captions.tenants import add_key
 
     root = tmp_path_factory.mktemp("captions")
@@ -69,6 +70,7 @@ def tenants(tmp_path_factory: pytest.TempPathFactory) -> Tenants:
         "acme": add_key(keys_file, "acme", {"max_concurrent_streams": 100, "audio_minutes_per_period": 10_000.0}),
         "globex": add_key(keys_file, "globex", {"max_concurrent_streams": 10}),
         "solo": add_key(keys_file, "solo", {"max_concurrent_streams": 1}),
+        "lone": add_key(keys_file, "lone", {"max_concurrent_streams": 1}),
     }
     return Tenants(keys, keys_file, f"sqlite:///{root / 'captions.sqlite3'}")
 
