@@ -44,14 +44,13 @@ class ModelMetrics:
         stats = result.stats
         self.step_latency.observe(stats.total_s)
         self.batch_size.observe(stats.batch)
-        self.audio_s.inc(stats.audio_s)
-        self.step_s.inc(stats.total_s)
-        self.encode_s.inc(stats.encode_s)
-        self.prefill_s.inc(stats.prefill_s)
-        self.decode_s.inc(stats.decode_s)
-        self.steps.inc(stats.steps)
-        self.forwards.inc(stats.forwards)
-        self.batch_rows.inc(stats.batch)
+        for counter, value in (
+            (self.audio_s, stats.audio_s), (self.step_s, stats.total_s), (self.encode_s, stats.encode_s),
+            (self.prefill_s, stats.prefill_s), (self.decode_s, stats.decode_s), (self.steps, stats.steps),
+            (self.forwards, stats.forwards), (self.batch_rows, stats.batch),
+        ):
+            if value > 0:  # Ray's Counter.inc refuses 0
+                counter.inc(value)
         for event in result.events:
             if isinstance(event, WordsEvent | FinalEvent):
                 for word in event.words:
