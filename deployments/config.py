@@ -33,13 +33,18 @@ class IngestConfig:
     max_send_s: float = 2.0
     # A dropped socket's session may be resumed this long.
     resume_grace_s: float = 30.0
-    # One long-poll for events waits at most this long on the model replica.
-    poll_wait_s: float = 0.5
+    # A link pushes its streams' audio to its model replica at most this often.
+    tick_s: float = 0.05
+    # A link's event stream yields at least this often, events or not (liveness).
+    events_wait_s: float = 1.0
+    # Replica loads for placing new streams are asked for at most this often.
+    placement_refresh_s: float = 1.0
     # Re-homing attempts in a row before the stream fails with `unavailable`.
     max_rehomes: int = 5
 
     def __post_init__(self) -> None:
-        for name in ("max_pending_s", "max_replay_s", "max_send_s", "resume_grace_s", "poll_wait_s"):
+        for name in ("max_pending_s", "max_replay_s", "max_send_s", "resume_grace_s", "tick_s", "events_wait_s",
+                     "placement_refresh_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ingest.{name} must be > 0")
         if self.max_frame_bytes < 1024 or self.max_rehomes < 1:

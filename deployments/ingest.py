@@ -47,6 +47,7 @@ from captions.tenants import Authenticator, Tenant
 from deployments import protocol
 from deployments.audio_in import AudioDecoder
 from deployments.config import ServiceConfig
+from deployments.links import ModelLinks
 from deployments.metrics import IngestMetrics
 from deployments.openai_api import OpenAIRoutes
 from deployments.openai_realtime import RealtimeRoute
@@ -73,6 +74,8 @@ class Ingest:
     def __init__(self, model: DeploymentHandle, args: dict[str, Any]) -> None:
         self.cfg = ServiceConfig.from_args(args)
         self.model = model
+        # This replica's links to the model replicas: every stream's audio and events travel on them.
+        self.links = ModelLinks(model, self.cfg.ingest)
         self.metrics = IngestMetrics()
         # Sessions by id: live ones and, for resume_grace_s, those whose socket dropped.
         self.sessions: dict[str, Relay] = {}
@@ -166,7 +169,7 @@ class Ingest:
 
     async def _open_relay(self, session: Session, tenant: Tenant) -> Relay:
         """A started relay whose stream belongs to `tenant`: QuotaExceeded before any model replica is asked."""
-        relay = Relay(session, self.model, self.cfg.ingest, self.metrics)
+        relay = Relay(session, self.links, self.cfg.ingest, self.metrics)
         relay.tenant_id = tenant.id
         relay.captions = await CaptionSession.start(
             self.store, self.ledger, self.hub, tenant, session.session_id, session.language

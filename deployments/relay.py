@@ -1,12 +1,14 @@
-"""Drives one Session against the model deployment: send audio, long-poll events, re-home.
+"""One client stream on the ingest: its Session, its link to a model replica, where frames go.
 
-Two tasks per stream: the sender moves received audio to the owning model
-replica (and `end` after it), the poller long-polls that replica for events
-and turns them into client frames. A call that finds its replica gone (the
-actor died, or the router already sent it to a replica that answers
-`unknown_stream` because the owner drained or was scaled down) re-homes the
-stream: a new incarnation on another replica gets the committed text as
-context and the uncommitted audio replayed (Session.rehome).
+The relay owns the stream's lifecycle. Audio from the socket goes into the
+Session; the stream's Link (deployments/links.py) takes it from there to the
+model replica, batched with every other stream on that replica, and hands
+back the stream's events, which one handler task per stream turns into
+client frames, stored words and viewer messages, in order and without
+making the link wait for a slow socket. When the link loses its replica the
+handler re-homes the stream: a new incarnation on another replica gets the
+committed text as context and the uncommitted audio replayed
+(Session.rehome).
 """
 
 from __future__ import annotations
@@ -18,14 +20,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import ReplicaUnavailableError
-from ray.serve.handle import DeploymentHandle
 
 from captions.session import CaptionSession
 from captions.store import StreamStatus
 from deployments import protocol
 from deployments.config import IngestConfig
+from deployments.links import Link, ModelLinks, NoReplica
 from deployments.metrics import IngestMetrics
 from deployments.session import Session, SessionWord
 from engine.features import SAMPLE_RATE
@@ -33,10 +33,6 @@ from engine.features import SAMPLE_RATE
 log = logging.getLogger("ray.serve")
 
 Sink = Callable[[bytes], Awaitable[None]]
-# Replica errors that mean "this stream's state is gone from where it was".
-_LOST_CODES = {"unknown_stream"}
-# The sender's pause when the model replica's backlog for the stream is full.
-_BACKPRESSURE_WAIT_S = 0.1
 
 
 class RelayError(Exception):
@@ -51,25 +47,21 @@ class SinkClosed(Exception):
     """The socket a sink wrote to is gone; the relay detaches it (the session stays resumable)."""
 
 
-class _Lost(Exception):
-    """The current incarnation's replica no longer has the stream."""
-
-
 class Relay:
-    """One client stream: its Session, the model calls, and where frames go (the socket, if attached)."""
+    """One client stream: its Session, its link, and where frames go (the socket, if attached)."""
 
-    def __init__(self, session: Session, model: DeploymentHandle, cfg: IngestConfig, metrics: IngestMetrics) -> None:
+    def __init__(self, session: Session, links: ModelLinks, cfg: IngestConfig, metrics: IngestMetrics) -> None:
         self.session = session
-        self.model = model
+        self.links = links
         self.cfg = cfg
         self.metrics = metrics
+        self.link: Link | None = None
         self.sink: Sink | None = None
         self.done = asyncio.Event()
         self.failure: RelayError | None = None
-        self._audio = asyncio.Event()
-        self._rehome_lock = asyncio.Lock()
-        self._end_sent = -1  # incarnation that got `end`
-        self._tasks: list[asyncio.Task] = []
+        # Events of the stream's link (dicts), or the link the stream lost.
+        self._inbox: asyncio.Queue[dict[str, Any] | Link] = asyncio.Queue()
+        self._handler: asyncio.Task | None = None
         # The stream's captions bookkeeping (store, quota, viewers); the ingest sets
         # it and drops it once closed. Fed here, not through the sink, so words are
         # stored and viewers served while no socket is attached.
@@ -79,9 +71,9 @@ class Relay:
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Open the first incarnation and start the tasks; RelayError if no replica takes it."""
-        await self._open()
-        self._tasks = [_spawn(self._send_loop(), self), _spawn(self._poll_loop(), self)]
+        """Open the first incarnation and start the handler; RelayError if no replica takes it."""
+        await self._place()
+        self._handler = _spawn(self._handle(), self)
 
     def push_audio(self, samples: np.ndarray) -> None:
         if self.session.ended:
@@ -93,26 +85,28 @@ class Relay:
                 "send at real-time pace (or the service is overloaded)",
             )
         self.session.add_audio(samples)
-        self._audio.set()
+        if self.link is not None:
+            self.link.nudge()
 
     def end(self) -> None:
         self.session.ended = True
-        self._audio.set()
+        if self.link is not None:
+            self.link.nudge()
 
     def stop_tasks(self) -> None:
-        """The stream is over (final, failure or abort): stop sending and polling."""
-        for task in self._tasks:
-            task.cancel()
+        """The stream is over (final, failure or abort): stop handling its events."""
+        if self._handler is not None:
+            self._handler.cancel()
+        if self.link is not None:
+            self.link.remove(self)
 
     async def abort(self) -> None:
         """Drop the stream (grace period over, or the ingest is shutting down)."""
-        self.stop_tasks()
+        if self._handler is not None:
+            self._handler.cancel()
         self.done.set()
-        key = self.session.stream_key
-        try:
-            await self.model.options(session_id=key).abort.remote(key)
-        except (RayActorError, ReplicaUnavailableError):
-            pass  # its replica is gone, and the stream with it
+        if self.link is not None:
+            self.link.remove(self, abort=True)
 
     async def attach(self, sink: Sink) -> None:
         """A socket (new or resumed) receives frames from now on, starting with missed words."""
@@ -132,102 +126,72 @@ class Relay:
         if captions is not None:
             await captions.close(StreamStatus.ENDED if self.session.finished else StreamStatus.INTERRUPTED)
 
-    # ------------------------------------------------------------ model calls
-    async def _call(self, method: str, *args: Any) -> dict[str, Any]:
-        """A call on the current incarnation's replica; _Lost if the stream is not there."""
-        key = self.session.stream_key
-        try:
-            reply = await getattr(self.model.options(session_id=key), method).remote(key, *args)
-        except (RayActorError, ReplicaUnavailableError) as exc:
-            log.warning("session %s: %s on %s failed: %s", self.session.session_id, method, key, type(exc).__name__)
-            raise _Lost from exc
-        error = reply.get("error")
-        if error is not None and error["code"] in _LOST_CODES:
-            raise _Lost
-        return reply
+    # ------------------------------------------------------------ from the link
+    def on_event(self, event: dict[str, Any]) -> None:
+        self._inbox.put_nowait(event)
 
-    async def _open(self) -> None:
-        session = self.session
-        reply = await self._call("open", session.language_hint(), session.context())
-        if "error" in reply:
-            raise RelayError(reply["error"]["code"], reply["error"]["message"])
-        log.info("session %s: stream %s opened on replica %s", session.session_id, session.stream_key, reply["replica"])
+    def lost(self, link: Link) -> None:
+        """The link's replica no longer has this stream: re-home it (in the handler, in order)."""
+        link.remove(self)
+        self._inbox.put_nowait(link)
 
-    async def _rehome(self, incarnation: int) -> None:
-        """Move the stream to another replica, once per lost incarnation."""
-        async with self._rehome_lock:
-            if self.session.incarnation != incarnation:
-                return
-            if self.session.rehomes >= self.cfg.max_rehomes:
-                raise RelayError("unavailable", "the stream lost its model replica too many times")
-            self.session.rehome()
-            self.metrics.rehomes.inc()
-            self._audio.set()
-            try:
-                await self._open()
-            except _Lost as exc:
-                raise RelayError("unavailable", "no model replica could take the stream") from exc
-
-    # ------------------------------------------------------------ the two loops
-    async def _send_loop(self) -> None:
-        session = self.session
-        max_send = int(self.cfg.max_send_s * SAMPLE_RATE)
-        while not self.done.is_set():
-            incarnation = session.incarnation
-            chunk = session.unsent(max_send)
-            try:
-                if len(chunk):
-                    reply = await self._call("feed", chunk)
-                    if incarnation != session.incarnation:
-                        continue  # re-homed meanwhile: the replay resends it
-                    code = reply.get("error", {}).get("code")
-                    if code == "overloaded":
-                        await asyncio.sleep(_BACKPRESSURE_WAIT_S)
-                    elif code is None:
-                        session.mark_sent(len(chunk))
-                    else:
-                        # stream_closed / bad_audio: the poller receives the stream's error event.
-                        return
-                elif session.ended and self._end_sent != incarnation:
-                    await self._call("end")
-                    self._end_sent = incarnation
-                else:
-                    self._audio.clear()
-                    await self._audio.wait()
-            except _Lost:
-                await self._rehome(incarnation)
-
-    async def _poll_loop(self) -> None:
-        session = self.session
+    # ------------------------------------------------------------ the handler
+    async def _handle(self) -> None:
         while True:
-            incarnation = session.incarnation
-            try:
-                reply = await self._call("poll", self.cfg.poll_wait_s)
-            except _Lost:
-                await self._rehome(incarnation)
+            item = await self._inbox.get()
+            if isinstance(item, Link):
+                if item is self.link:
+                    await self._rehome()
                 continue
-            if incarnation != session.incarnation:
-                continue
-            if "error" in reply:
-                raise RelayError(reply["error"]["code"], reply["error"]["message"])
-            for event in reply["events"]:
-                if event["type"] in ("words", "final"):
-                    new = session.add_words(event["words"], event["language"], event["emitted_at"])
-                    await self._publish_words(new)
-                    await self._flush_words()
-                if event["type"] == "partial":
-                    await self._publish({"type": "partial", "text": event["text"]})
-                    await self._emit(protocol.pack("partial", text=event["text"]))
-                elif event["type"] == "final":
-                    session.finished = True
-                    await self._publish({"type": "final", **self._final_fields()})
-                    # Before the client hears `final`: a transcript fetched right after it is complete.
-                    await self.close_captions()
-                    await self._send_final()
-                    self.done.set()
-                    return
-                elif event["type"] == "error":
-                    raise RelayError(event["code"], event["message"])
+            if item["stream"] != self.session.stream_key:
+                continue  # an earlier incarnation's, already replayed elsewhere
+            if await self._on_event(item):
+                return
+
+    async def _on_event(self, event: dict[str, Any]) -> bool:
+        """Apply one model event; True once the stream is over."""
+        session = self.session
+        kind = event["type"]
+        if kind in ("words", "final"):
+            new = session.add_words(event["words"], event["language"], event["emitted_at"])
+            await self._publish_words(new)
+            await self._flush_words()
+        if kind == "partial":
+            await self._publish({"type": "partial", "text": event["text"]})
+            await self._emit(protocol.pack("partial", text=event["text"]))
+        elif kind == "final":
+            session.finished = True
+            await self._publish({"type": "final", **self._final_fields()})
+            # Before the client hears `final`: a transcript fetched right after it is complete.
+            await self.close_captions()
+            await self._send_final()
+            self._leave()
+            return True
+        elif kind == "error":
+            raise RelayError(event["code"], event["message"])
+        return False
+
+    async def _place(self, avoid: str | None = None) -> None:
+        try:
+            self.link = await self.links.place(self, avoid)
+        except NoReplica as exc:
+            raise RelayError(exc.code, str(exc)) from exc
+        self.link.nudge()
+
+    async def _rehome(self) -> None:
+        """Move the stream to another replica: a new incarnation, the uncommitted audio replayed."""
+        if self.session.rehomes >= self.cfg.max_rehomes:
+            raise RelayError("unavailable", "the stream lost its model replica too many times")
+        lost = self.link.replica if self.link is not None else None
+        self.link = None
+        self.session.rehome()
+        self.metrics.rehomes.inc()
+        await self._place(avoid=lost)
+
+    def _leave(self) -> None:
+        self.done.set()
+        if self.link is not None:
+            self.link.remove(self)
 
     # ------------------------------------------------------------ output
     async def _flush_words(self) -> None:
@@ -286,7 +250,12 @@ class Relay:
 
 
 def _spawn(coro: Awaitable[None], relay: Relay) -> asyncio.Task:
-    """A relay task whose failure ends the stream with an error frame (and is logged)."""
+    """The relay's handler: a failure ends the stream with an error frame (and is logged).
+
+    An empty context, as for the links' tasks (links.py): re-homing makes
+    handle calls, which must not carry the id of the request that started
+    the stream.
+    """
 
     async def guarded() -> None:
         try:
@@ -298,18 +267,14 @@ def _spawn(coro: Awaitable[None], relay: Relay) -> asyncio.Task:
                 log.warning("session %s failed: %s: %s", relay.session.session_id, exc.code, exc)
                 await relay._publish({"type": "error", "code": exc.code, "message": str(exc)})
                 await relay._emit(protocol.error_frame(exc.code, str(exc)))
-            relay.done.set()
+            relay._leave()
         except asyncio.CancelledError:
             raise
         except BaseException:
-            log.exception("session %s: relay task crashed", relay.session.session_id)
+            log.exception("session %s: relay handler crashed", relay.session.session_id)
             relay.failure = RelayError("internal", "internal error")
-            relay.done.set()
+            relay._leave()
             raise
 
-    # An empty context: inside a request, Serve copies the request's internal id
-    # into every downstream call, and in 2.60 two concurrent calls with one id
-    # (a stream's feed and poll) collide in the router's pending-request index:
-    # one is never routed. Outside any request context each call gets its own id.
     loop = asyncio.get_running_loop()
     return contextvars.Context().run(loop.create_task, guarded())

@@ -25,11 +25,12 @@ from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, R
 
 log = logging.getLogger("ray.serve")
 
-# A session called within this window counts towards its replica's load
-# (a live stream polls every ingest.poll_wait_s).
+# A session called within this window counts towards its replica's load.
 ACTIVE_WINDOW_S = 10.0
 # Sessions not called for this long are forgotten (a live stream never is).
 FORGET_AFTER_S = 600.0
+# Session keys naming a replica itself.
+PIN = "@"
 
 
 @dataclass
@@ -65,6 +66,8 @@ class StickyRouter(RequestRouter):
         if pending_request is None or not pending_request.metadata.session_id:
             return [candidate_replicas]
         session_id = pending_request.metadata.session_id
+        if session_id.startswith(PIN):
+            return self._pinned(session_id[len(PIN):], candidate_replicas, pending_request)
         owner = self._owners.get(session_id)
         if owner is not None and owner.replica not in self.curr_replicas:
             # Died without an update_replicas (on_replica_actor_died): place anew.
@@ -85,9 +88,17 @@ class StickyRouter(RequestRouter):
             self._placing[session_id] = ranked[0].replica_id
         return [[r] for r in ranked]
 
+    def _pinned(self, target: str, candidates: list[RunningReplica],
+                pending_request: PendingRequest) -> list[list[RunningReplica]]:
+        chosen = [r for r in candidates if r.replica_id.unique_id == target]
+        if chosen:
+            pending_request.routing_context.should_backoff = True
+            return [chosen]
+        return [[r] for r in candidates]
+
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: object) -> None:
         session_id = pending_request.metadata.session_id
-        if session_id and session_id not in self._owners and replica_id in self.curr_replicas:
+        if session_id and not session_id.startswith(PIN) and session_id not in self._owners and replica_id in self.curr_replicas:
             self._owners[session_id] = _Owner(replica_id, time.monotonic())
             self._placing.pop(session_id, None)
         self._forget_idle()

@@ -9,6 +9,7 @@ prompt context is the committed text, so words neither vanish nor repeat.
 
 from __future__ import annotations
 
+import collections
 import logging
 import secrets
 import uuid
@@ -33,6 +34,51 @@ class SessionWord:
         return {"text": self.text, "start": round(self.start, 3), "end": round(self.end, 3)}
 
 
+class AudioLog:
+    """Samples [start, end) of a session, kept as the chunks they arrived in.
+
+    Appending and dropping from the front cost O(chunk), not O(log): a
+    30 s log copied on every 100 ms frame cost more than the frame's whole
+    path through the ingest.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: collections.deque[np.ndarray] = collections.deque()
+        self.start = 0  # session sample index of the first kept sample
+        self.end = 0
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def append(self, samples: np.ndarray) -> None:
+        if len(samples):
+            self._chunks.append(samples)
+            self.end += len(samples)
+
+    def drop_before(self, index: int) -> None:
+        """Forget samples before session sample `index`."""
+        index = min(index, self.end)
+        while self._chunks and self.start + len(self._chunks[0]) <= index:
+            self.start += len(self._chunks.popleft())
+        if self._chunks and index > self.start:
+            self._chunks[0] = self._chunks[0][index - self.start :]
+            self.start = index
+
+    def read(self, begin: int, n: int) -> np.ndarray:
+        """Samples [begin, begin + n) clipped to what is kept, as one array."""
+        begin, stop = max(begin, self.start), min(begin + n, self.end)
+        pieces, at = [], self.start
+        for chunk in self._chunks:
+            if at >= stop:
+                break
+            if at + len(chunk) > begin:
+                pieces.append(chunk[max(0, begin - at) : stop - at])
+            at += len(chunk)
+        if not pieces:
+            return np.zeros(0, np.float32)
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
 @dataclass
 class Session:
     """One client stream as the ingest sees it (plain state; the ingest drives it)."""
@@ -47,9 +93,8 @@ class Session:
     detected_language: str | None = None
     # Session time up to which the model had audio when it committed the latest words.
     transcribed_s: float = 0.0
-    # Audio after the last committed word: samples [replay_start, received) of the session.
-    replay: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    replay_start: int = 0
+    # Audio after the last committed word: samples [replay.start, received) of the session.
+    replay: AudioLog = field(default_factory=AudioLog)
     received: int = 0
     # Samples of the session the current incarnation has accepted (it starts at `offset`).
     sent: int = 0
@@ -71,26 +116,29 @@ class Session:
         return f"{self.session_id}.{self.incarnation}"
 
     @property
+    def replay_start(self) -> int:
+        return self.replay.start
+
+    @property
     def pending_s(self) -> float:
         """Audio received that no model replica has accepted yet (the backpressure measure)."""
         return (self.received - self.accepted) / SAMPLE_RATE
 
     def add_audio(self, samples: np.ndarray) -> None:
-        self.replay = np.concatenate([self.replay, samples])
+        self.replay.append(samples)
         self.received += len(samples)
         excess = len(self.replay) - int(self.max_replay_s * SAMPLE_RATE)
         if excess > 0:
             # The engine force-trims such a buffer too; replaying more would only repeat that.
             log.warning("session %s: %.1f s without a committed word, replay buffer trimmed",
                         self.session_id, excess / SAMPLE_RATE)
-            self._drop_replay(excess)
+            self.replay.drop_before(self.replay.start + excess)
             self.sent = max(self.sent, self.replay_start)
             self.accepted = max(self.accepted, self.sent)
 
     def unsent(self, max_samples: int) -> np.ndarray:
         """The next audio to send to the current incarnation."""
-        begin = self.sent - self.replay_start
-        return self.replay[begin : begin + max_samples]
+        return self.replay.read(self.sent, max_samples)
 
     def mark_sent(self, n: int) -> None:
         self.sent += n
@@ -105,8 +153,7 @@ class Session:
         self.detected_language = language or self.detected_language
         if new:
             cut = min(int(round(new[-1].end * SAMPLE_RATE)), self.sent)
-            if cut > self.replay_start:
-                self._drop_replay(cut - self.replay_start)
+            self.replay.drop_before(cut)
         return new
 
     def undelivered(self) -> list[SessionWord]:
@@ -129,7 +176,3 @@ class Session:
     def language_hint(self) -> str | None:
         """A re-homed stream keeps the language already detected."""
         return self.language or self.detected_language
-
-    def _drop_replay(self, n: int) -> None:
-        self.replay = self.replay[n:]
-        self.replay_start += n

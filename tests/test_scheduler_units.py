@@ -161,3 +161,33 @@ def test_a_failed_forward_ends_only_its_streams(parts) -> None:
     events = scheduler.fail(sched, "boom").events
     assert sorted(e.stream_id for e in events) == ["a", "b"]
     assert scheduler.free_slots == 2 and scheduler.open_streams == 1
+
+
+def test_the_buffer_restarts_after_an_utterance_and_its_text_becomes_context(parts) -> None:
+    """End of text with endpoint_s of audio after the last word: one utterance per buffer."""
+    scheduler = make(parts)
+    scheduler.open("a", "en")
+    scheduler.feed("a", noise(2.0, seed=1))
+    scheduler.update(scheduler.schedule(), output((token(parts, "dog"), 0.16)))
+    events = scheduler.update(scheduler.schedule(), output((eos(parts), 0.4))).events
+    (words,) = [e.words for e in events if isinstance(e, WordsEvent)]
+    assert words[0].end < 2.0 - 0.5  # the word ended more than endpoint_s before the audio did
+    scheduler.feed("a", noise(0.5, seed=2))
+    sched = scheduler.schedule()
+    row = sched.rows[0]
+    # The new buffer: restart_keep_s (0.3 s) before the old end, plus the new 0.5 s.
+    assert row.audio_start_s == pytest.approx(1.7, abs=0.011)
+    assert sched.plan.encode[0].mel.shape[1] == pytest.approx(80, abs=2) and sched.plan.encode[0].store_at == 0
+    assert token(parts, "dog") in row.layout.ids[: row.layout.audio_pos]  # now context, before the audio
+    assert sched.plan.forward.start.tolist() == [0]  # a new prompt: nothing reused
+
+
+def test_no_restart_while_a_word_is_in_progress(parts) -> None:
+    scheduler = make(parts)
+    scheduler.open("a", "en")
+    scheduler.feed("a", noise(2.0, seed=1))
+    # "dog" is committed at 1.32 s: it ends at 1.64 s (0.32 s after its token), 0.36 s before the text ends.
+    scheduler.update(scheduler.schedule(), output((token(parts, "dog"), 1.32)))
+    scheduler.update(scheduler.schedule(), output((eos(parts), 1.4)))
+    scheduler.feed("a", noise(0.5, seed=2))
+    assert scheduler.schedule().rows[0].audio_start_s == 0.0

@@ -202,41 +202,63 @@ def test_healthz_and_transcribe(service, wav: Path, key: str) -> None:
     assert result["words"] and result["audio_s"] == pytest.approx(6.0)
 
 
-def test_streams_stay_put_when_a_replica_is_added(service) -> None:
-    """6 open streams on 2 replicas (target 2 per replica) scale the model to 3; none moves."""
+async def stream_until(stop: asyncio.Event, key: str, seed: int) -> dict:
+    """A stream of noise at real-time pace until `stop` is set; its final frame."""
+    chunk = noise(0.1, seed=seed)
+    pcm = (chunk * 32767).astype("<i2").tobytes()
+    async with CaptionStream(WS_URL, language="en", api_key=key) as stream:
+        async def send() -> None:
+            started, i = time.monotonic(), 0
+            while not stop.is_set():
+                i += 1
+                await asyncio.sleep(max(0.0, started + 0.1 * i - time.monotonic()))
+                await stream.send_audio(pcm)
+            await stream.end()
+
+        sender = asyncio.create_task(send())
+        async for frame in stream.frames():
+            assert frame["type"] != "error", frame
+            if frame["type"] == "final":
+                await sender
+                return frame
+    raise AssertionError("socket closed without a final frame")
+
+
+def test_streams_stay_put_when_a_replica_is_added(service, key: str) -> None:
+    """6 open streams on 2 replicas (target 2 per replica) scale the model to 3; none moves,
+    and a stream opened after that goes to the new, least-loaded replica."""
     from ray import serve
 
     handle = serve.get_deployment_handle("ASRModel", app_name=APP)
-    keys = [f"affinity-{i}" for i in range(6)]
-    chunk = noise(0.5, seed=1)
 
-    async def call(method: str, key: str, *args):
-        return await getattr(handle.options(session_id=key), method).remote(key, *args)
+    async def loads() -> dict[str, float]:
+        return {r["replica"]: r["open_streams"] for r in await handle.broadcast("stats").results_async()}
 
     async def run():
         deadline = time.monotonic() + 120
         while model_replicas(service) != 2:  # the killed replica's replacement
             assert time.monotonic() < deadline
             await asyncio.sleep(1.0)
-        opened = {k: (await call("open", k, "en", ""))["replica"] for k in keys}
-        assert len(set(opened.values())) == 2
+        first = set(await loads())
+        stop = asyncio.Event()
+        streams = [asyncio.create_task(stream_until(stop, key, seed=20 + i)) for i in range(6)]
         deadline = time.monotonic() + 120
         while model_replicas(service) < 3:
             assert time.monotonic() < deadline, "no third replica within 120 s"
-            for k in keys:  # keep the streams alive (polled) while waiting
-                await call("poll", k, 0.0)
             await asyncio.sleep(1.0)
-        fed = {k: await call("feed", k, chunk) for k in keys}
-        new = (await call("open", "affinity-new", "en", ""))["replica"]
-        for k in keys + ["affinity-new"]:
-            await call("abort", k)
-        return opened, fed, new
+        while len(now := await loads()) < 3:
+            await asyncio.sleep(0.5)
+        (added,) = set(now) - first
+        late = asyncio.create_task(stream_samples(noise(6.0, seed=30), key))
+        await asyncio.sleep(3.0)
+        during = await loads()
+        stop.set()
+        return await asyncio.gather(*streams), await late, now, during, added
 
-    opened, fed, new = asyncio.run(run())
-    for key in keys:
-        assert "error" not in fed[key], fed[key]
-        assert fed[key]["replica"] == opened[key]
-    assert new not in set(opened.values()), "a new stream goes to the new, least-loaded replica"
+    results, late, before, during, added = asyncio.run(run())
+    assert all(final["rehomes"] == 0 for final in results), "no stream moved when the replica was added"
+    assert before[added] == 0 and during[added] == 1, "the new stream went to the new replica"
+    assert late.final["rehomes"] == 0
 
 
 def test_scale_down_drains_a_replica_and_its_streams_rehome(service, samples, tiny_dir: Path, tenants: Tenants,

@@ -154,23 +154,78 @@ def test_router_never_keeps_a_session_on_a_replica_that_left() -> None:
     asyncio.run(run())
 
 
-def test_replica_loop_delivers_events_through_polls(make_scheduler) -> None:
-    async def run() -> list[dict]:
-        loop = ReplicaLoop(make_scheduler(), idle_timeout_s=60.0)
+def test_router_pins_a_replica_key_to_its_replica() -> None:
+    """`@<replica>` (a link) reaches that replica only; once it left, any replica (which says so)."""
+
+    async def run() -> None:
+        router = StickyRouter(DeploymentID(name="ASRModel", app_name="captions"), DeploymentHandleSource.UNKNOWN)
+        router.initialize_state()
+        a, b = FakeReplica("a"), FakeReplica("b")
+        router.update_replicas([a, b])
+        request = routed_request("@b")
+        assert [[r.replica_id.unique_id for r in g] for g in await router.choose_replicas([a, b], request)] == [["b"]]
+        assert request.routing_context.should_backoff
+        router.update_replicas([a])
+        assert [[r.replica_id.unique_id for r in g] for g in await router.choose_replicas([a], routed_request("@b"))] \
+            == [["a"]]
+
+    asyncio.run(run())
+
+
+def test_replica_loop_carries_many_streams_on_one_link(make_scheduler) -> None:
+    """One push carries every stream's audio and end; one event stream returns all their events."""
+
+    async def run() -> dict[str, list[dict]]:
+        loop = ReplicaLoop(make_scheduler(max_streams=3, max_batch=3), idle_timeout_s=60.0)
         try:
-            loop.open("s", "en", "")
-            loop.feed("s", noise(3.0, seed=4))
-            loop.end("s")
-            events: list[dict] = []
-            while not events or events[-1]["type"] not in ("final", "error"):
-                events += await loop.poll("s", 1.0)
-            return events
+            for sid in ("a", "b", "c"):
+                loop.open("ingest-1", sid, "en", "")
+            audio = {sid: noise(3.0, seed=4 + i) for i, sid in enumerate(("a", "b", "c"))}
+            reply = loop.push("ingest-1", audio, ends=["a", "b", "c"], aborts=[])
+            assert reply["rejected"] == {} and set(reply["backlog_s"]) == {"a", "b", "c"}
+            again = loop.push("ingest-1", {"a": noise(0.1, seed=1)}, ends=[], aborts=[])
+            assert again["rejected"]["a"]["code"] == "stream_closed"
+            events: dict[str, list[dict]] = {"a": [], "b": [], "c": []}
+            async for batch in loop.events("ingest-1", 1.0):
+                for event in batch:
+                    events[event["stream"]].append(event)
+                if all(e and e[-1]["type"] == "final" for e in events.values()):
+                    return events
         finally:
             loop.stop()
 
     events = asyncio.run(run())
-    assert events[-1]["type"] == "final"
-    assert sum(len(e["words"]) for e in events if e["type"] in ("words", "final")) > 0
+    for stream_events in events.values():
+        assert sum(len(e["words"]) for e in stream_events if e["type"] in ("words", "final")) > 0
+
+
+def test_replica_loop_aborts_the_streams_of_a_link_gone_quiet(make_scheduler) -> None:
+    async def run() -> int:
+        engine = make_scheduler(max_streams=2)
+        loop = ReplicaLoop(engine, idle_timeout_s=0.5)
+        try:
+            loop.open("ingest-gone", "a", "en", "")
+            loop.push("ingest-gone", {"a": noise(0.2, seed=1)}, ends=[], aborts=[])
+            await asyncio.sleep(1.5)
+            return engine.free_slots
+        finally:
+            loop.stop()
+
+    assert asyncio.run(run()) == 2
+
+
+def test_a_dead_engine_loop_fails_the_health_check(make_scheduler, monkeypatch) -> None:
+    """An exception outside the engine's per-forward containment must not leave a healthy-looking replica."""
+    engine = make_scheduler()
+
+    def broken() -> None:
+        raise RuntimeError("bookkeeping bug")
+
+    monkeypatch.setattr(engine, "step", broken)
+    loop = ReplicaLoop(engine, idle_timeout_s=60.0)
+    loop._thread.join(timeout=10)
+    with pytest.raises(RuntimeError, match="engine loop died"):
+        loop.check()
 
 
 def test_make_run_creates_a_dev_key_once_and_passes_the_files_to_the_replicas(tmp_path, monkeypatch) -> None:
