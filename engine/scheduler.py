@@ -214,6 +214,7 @@ class Scheduler:
         new_rows, encode, moves = [], [], []
         for state in self._ready(states, room):
             final = self._take_audio(state)
+            self._restart(state)
             sched.forced_trims += self._trim(state, moves)
             if state.buffer_frames == 0 or (state.buffer_frames == state.decoded_frames and not final):
                 if final:
@@ -330,6 +331,28 @@ class Scheduler:
             state.buffer.append(state.mel.emit(count, logmel))
         return final
 
+    def _restart(self, state: StreamState) -> None:
+        """The last utterance ended: the buffer starts again just before the audio after it.
+
+        Every committed token becomes context; the encoder cache and prefix
+        key/values start over (the new buffer is short, so that is cheap).
+        """
+        if state.restart_at_s is None:
+            return
+        cut = min(state.buffer_frames, max(0, _frames(state.restart_at_s) - state.buffer_start))
+        state.restart_at_s = None
+        if cut == 0:
+            return
+        if self.cfg.context_max_tokens:
+            moved = [token for token, _ in state.committed]
+            state.context = (state.context + moved)[-self.cfg.context_max_tokens :]
+        state.committed = []
+        state.buffer.drop_front(cut)
+        state.buffer_start += cut
+        state.decoded_frames = max(0, state.decoded_frames - cut)
+        state.cached_windows = state.conv_chunks = state.kv_reuse = 0
+        log.debug("stream %s: utterance over, buffer restarts at %.2f s", state.stream_id, state.audio_start_s)
+
     def _trim(self, state: StreamState, moves: list[AudioMove]) -> int:
         """Drop transcribed windows from the buffer front; returns 1 if audio had to be forced out."""
         window = self.grid.window_frames
@@ -428,6 +451,8 @@ class Scheduler:
             state.consumed_s = max(state.consumed_s, state.last_word_s)
         if row.boundary_s is not None:
             words += state.words.close_word(row.boundary_s)
+        if words:
+            state.last_word_end_s = words[-1].end
         # Fixed-budget benchmark runs count every step's audio as transcribed.
         ended_text = row.stop in (Stop.EOS, Stop.NO_SPEECH) or self.cfg.fixed_tokens_per_s is not None
         if ended_text:
@@ -437,6 +462,9 @@ class Scheduler:
         state.decoded_frames = state.buffer_frames
         if ended_text and state.audio_end_s - state.last_word_s >= self.cfg.silence_reset_s:
             self._reset_context(state)
+        if (ended_text and not state.words.pending and not row.final
+                and state.audio_end_s - state.last_word_end_s >= self.cfg.endpoint_s):
+            state.restart_at_s = state.audio_end_s - self.cfg.restart_keep_s
         language = language_code(state.language) if state.language else None
         if row.final:
             return [self._finish(state, words + state.words.flush(state.audio_end_s))]

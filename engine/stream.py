@@ -112,6 +112,10 @@ class StreamState:
     # again at or before it (the committed timeline only moves forward).
     last_word_start_s: float = float("-inf")
     last_word_token: int = -1
+    # End of the last committed word (stream time), and where the buffer restarts
+    # at the next step because the utterance ended (None: no restart due).
+    last_word_end_s: float = float("-inf")
+    restart_at_s: float | None = None
     # The step in flight (None between steps), and when the stream last entered one.
     step: RowStep | None = None
     last_step_at: float = 0.0
