@@ -50,9 +50,10 @@ class EngineConfig:
     # The decoder ended the text and the last word ended this long ago: the
     # utterance is over, and the buffer restarts after it (its text becomes
     # context), so a buffer holds one utterance, as the model was trained on.
-    endpoint_s: float = 0.5
-    # Audio kept at the front of a restarted buffer, in case speech was starting.
-    restart_keep_s: float = 0.3
+    endpoint_s: float = 1.0
+    # Audio kept after the last word's end (an estimate: the heads mark where a
+    # word starts) when the buffer restarts.
+    restart_margin_s: float = 0.5
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     # Reuse decoder key/values of the stable prompt prefix across steps (off only to check parity).
     reuse_prefix: bool = True
@@ -73,8 +74,8 @@ class EngineConfig:
             raise ValueError("engine.max_backlog_s must be >= max_step_s")
         if self.context_max_tokens < 0 or self.partial_tokens < 0 or self.silence_reset_s <= 0:
             raise ValueError("engine.context_max_tokens/partial_tokens must be >= 0, silence_reset_s > 0")
-        if self.endpoint_s <= 0 or not 0 <= self.restart_keep_s < self.endpoint_s:
-            raise ValueError("engine.endpoint_s must be > 0 and 0 <= restart_keep_s < endpoint_s")
+        if self.endpoint_s <= 0 or not 0 <= self.restart_margin_s < self.endpoint_s:
+            raise ValueError("engine.endpoint_s must be > 0 and 0 <= restart_margin_s < endpoint_s")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineConfig:

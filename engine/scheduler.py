@@ -464,7 +464,11 @@ class Scheduler:
             self._reset_context(state)
         if (ended_text and not state.words.pending and not row.final
                 and state.audio_end_s - state.last_word_end_s >= self.cfg.endpoint_s):
-            state.restart_at_s = state.audio_end_s - self.cfg.restart_keep_s
+            # After the last word (with a margin for its estimated end), or, with no word in the
+            # buffer, endpoint_s before its end: audio that might hold the next speech stays.
+            words_here = state.last_word_end_s > state.audio_start_s
+            state.restart_at_s = (state.last_word_end_s + self.cfg.restart_margin_s if words_here
+                                  else state.audio_end_s - self.cfg.endpoint_s)
         language = language_code(state.language) if state.language else None
         if row.final:
             return [self._finish(state, words + state.words.flush(state.audio_end_s))]

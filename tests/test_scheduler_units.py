@@ -171,18 +171,18 @@ def test_the_buffer_restarts_after_an_utterance_and_its_text_becomes_context(par
     scheduler.update(scheduler.schedule(), output((token(parts, "dog"), 0.16)))
     events = scheduler.update(scheduler.schedule(), output((eos(parts), 0.4))).events
     (words,) = [e.words for e in events if isinstance(e, WordsEvent)]
-    assert words[0].end < 2.0 - 0.5  # the word ended more than endpoint_s before the audio did
+    assert words[0].end == pytest.approx(0.48)  # 0.32 s after its token: more than endpoint_s (1 s) before 2 s
     scheduler.feed("a", noise(0.5, seed=2))
     sched = scheduler.schedule()
     row = sched.rows[0]
-    # The new buffer: restart_keep_s (0.3 s) before the old end, plus the new 0.5 s.
-    assert row.audio_start_s == pytest.approx(1.7, abs=0.011)
-    assert sched.plan.encode[0].mel.shape[1] == pytest.approx(80, abs=2) and sched.plan.encode[0].store_at == 0
+    # The new buffer starts restart_margin_s (0.5 s) after the word's end and takes the new 0.5 s.
+    assert row.audio_start_s == pytest.approx(0.98, abs=0.011)
+    assert sched.plan.encode[0].mel.shape[1] == pytest.approx(152, abs=2) and sched.plan.encode[0].store_at == 0
     assert token(parts, "dog") in row.layout.ids[: row.layout.audio_pos]  # now context, before the audio
     assert sched.plan.forward.start.tolist() == [0]  # a new prompt: nothing reused
 
 
-def test_no_restart_while_a_word_is_in_progress(parts) -> None:
+def test_no_restart_while_the_last_word_is_recent(parts) -> None:
     scheduler = make(parts)
     scheduler.open("a", "en")
     scheduler.feed("a", noise(2.0, seed=1))
