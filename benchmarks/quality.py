@@ -139,16 +139,18 @@ def main() -> None:
     parser.add_argument("--heads", default=None)
     parser.add_argument("--sweep", default=None, help="one engine/policy field and values, e.g. border_s=0.2,0.4")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 (the model is loaded once)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, force=True)
-    model = load_model(args.model, args.device, "auto")
+    model = load_model(args.model, args.device, args.dtype)
     refs = load_references(args.clips, args.max_clips)
     cfg = EngineConfig(
         model=args.model, device=args.device, alignment_heads=args.heads, min_step_s=args.min_step_s,
         policy=PolicyConfig(border_s=args.border_s, rewind_s=args.rewind_s),
     )
     language = None if args.language == "auto" else args.language
-    print(f"{len(refs)} clips from {args.clips}, {sum(bool(r.words) for r in refs)} with word times; model {args.model}")
+    print(f"{len(refs)} clips from {args.clips}, {sum(bool(r.words) for r in refs)} with word times; "
+          f"model {args.model} ({model.dtype})")
     if args.sweep is None:
         print(table(f"chunk {args.chunk_ms:.0f} ms, min step {cfg.min_step_s} s, {cfg.policy}", run(model, cfg, refs, args.chunk_ms, language)))
         return

@@ -13,7 +13,6 @@ how Ray wraps remote exceptions.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,7 +23,7 @@ from deployments.config import ServiceConfig
 from deployments.metrics import ModelMetrics
 from deployments.replica_loop import Reply, ReplicaLoop, error_reply
 from deployments.router import PIN
-from engine.core import Engine, set_threads
+from engine.core import Engine, available_cpus, set_threads
 from engine.errors import EngineError
 from engine.loader import load_model
 
@@ -44,7 +43,7 @@ def pin(replica: str) -> str:
 class ASRModel:
     def __init__(self, args: dict[str, Any]) -> None:
         cfg = ServiceConfig.from_args(args)
-        threads = set_threads(cfg.cpus_per_replica or os.cpu_count() or 1)
+        threads = set_threads(cfg.cpus_per_replica or available_cpus())
         # A model that cannot be loaded fails the replica (and `make run`) loudly: no fallback.
         model = load_model(cfg.engine.model, cfg.engine.device, cfg.engine.dtype)
         self.replica = serve.get_replica_context().replica_id.unique_id

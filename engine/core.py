@@ -12,6 +12,7 @@ benchmarks hold; its open/feed/end/abort may be called from any thread.
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import torch
@@ -108,6 +109,11 @@ class Engine:
         self.end(stream_id)
         while self.scheduler.has_stream(stream_id):
             self.step()
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    return len(os.sched_getaffinity(0))
 
 
 def set_threads(cpus: float) -> int:

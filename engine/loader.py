@@ -64,9 +64,17 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """'auto' means bfloat16 on GPUs and float32 on CPUs."""
+    """'auto' means bfloat16 on GPUs and on CPUs with AMX tiles, else float32.
+
+    With AMX (Intel Sapphire Rapids and later) a bfloat16 matmul of prefill
+    size runs ~10x faster than float32 on one core; without it bfloat16 is
+    emulated and slower. On the held-out clips the bundled model's WER is the
+    same in both (streaming 8.1% vs 8.0% on 60 clips, benchmarks/quality.py).
+    """
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda" or (device.type == "cpu" and torch.cpu._is_amx_tile_supported()):
+            return torch.bfloat16
+        return torch.float32
     table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in table:
         raise ValueError(f"dtype must be auto or one of {sorted(table)}, got {dtype!r}")

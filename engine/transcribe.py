@@ -32,7 +32,7 @@ from engine.events import ErrorEvent, FinalEvent, WordsEvent
 from engine.features import SAMPLE_RATE
 from engine.loader import LoadedModel, load_model
 from engine.policy import PolicyConfig
-from engine.core import Engine
+from engine.core import Engine, available_cpus, set_threads
 from engine.transcript import Word
 
 STREAM_ID = "cli"
@@ -134,6 +134,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--border-s", type=float, default=PolicyConfig.border_s)
     parser.add_argument("--rewind-s", type=float, default=PolicyConfig.rewind_s)
     parser.add_argument("--min-step-s", type=float, default=EngineConfig.min_step_s)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: the CPUs this process may use; fewer if others share them)")
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -142,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # force: importing qwen-asr's dependencies installs a root handler of its own.
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr, force=True)
+    set_threads(args.threads or available_cpus())
     cfg = EngineConfig(
         model=args.model,
         device=args.device,

@@ -84,8 +84,10 @@ def service_config(tiny_dir: Path, tenants: Tenants) -> dict:
     app = app_config(config)
     app["runtime_env"] = {"env_vars": {"CAPTIONS_KEYS_FILE": str(tenants.keys_file),
                                        "CAPTIONS_DB_URL": tenants.db_url}}
-    # Steps of exactly min_step_s make the words independent of arrival timing (parity with the CLI).
+    # Steps of exactly min_step_s make the words independent of arrival timing (parity with the CLI),
+    # and float32 makes them independent of which streams share a forward (bfloat16 sums differ by batch).
     app["args"]["engine"]["max_step_s"] = app["args"]["engine"]["min_step_s"]
+    app["args"]["engine"]["dtype"] = "float32"
     # Below one 8 s frame, so a burst is refused whatever the timing.
     app["args"]["ingest"]["max_pending_s"] = 5.0
     model = next(d for d in app["deployments"] if d["name"] == "ASRModel")

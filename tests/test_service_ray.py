@@ -52,7 +52,7 @@ def model_replicas(serve) -> int:
 def cli_words(path: Path, model: Path) -> list[dict]:
     proc = subprocess.run(
         [sys.executable, "-m", "engine.transcribe", str(path), "--model", str(model), "--language", "en",
-         "--chunk-ms", "100", "--jsonl"],
+         "--chunk-ms", "100", "--dtype", "float32", "--jsonl"],
         capture_output=True, text=True, timeout=300, check=True,
     )
     lines = [json.loads(line) for line in proc.stdout.splitlines()]

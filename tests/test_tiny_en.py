@@ -54,9 +54,10 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def transcribe_all(model, folder: Path, offline: bool) -> tuple[list[str], list[str], list]:
     refs, hyps, results = [], [], []
+    cfg = EngineConfig(model=str(MODEL_DIR), device="cpu", dtype=str(model.dtype).removeprefix("torch."))
     for wav in sorted(folder.glob("*.wav")):
         reference = json.loads(wav.with_suffix(".json").read_text())
-        result = transcribe_file(wav, model, EngineConfig(model=str(MODEL_DIR), device="cpu"), 100.0, offline, None)
+        result = transcribe_file(wav, model, cfg, 100.0, offline, None)
         refs.append(reference["text"])
         hyps.append(result.text)
         results.append((reference, result))
@@ -80,6 +81,13 @@ def test_streaming_transcribes_heldout_speech_with_timestamps(model, clips: Path
                 errors.append(abs(word.start - truth[word.text]["start"]))
                 assert emitted_at >= word.end - 0.2  # a word is never committed before it is heard
     assert errors and sorted(errors)[len(errors) // 2] <= 0.3
+
+
+def test_bfloat16_streams_as_well_as_float32(model, clips: Path) -> None:
+    """bfloat16 is the default on CPUs with AMX: the same model must transcribe as well in it."""
+    refs, hyps, _ = transcribe_all(model, clips, offline=False)
+    bf16_refs, bf16_hyps, _ = transcribe_all(load_model(str(MODEL_DIR), device="cpu", dtype="bfloat16"), clips, False)
+    assert jiwer.wer(bf16_refs, bf16_hyps) <= jiwer.wer(refs, hyps) + 0.05, list(zip(bf16_refs, bf16_hyps))
 
 
 def test_heads_detection_finds_heads_better_than_random(model, clips: Path) -> None:
