@@ -63,6 +63,10 @@ class Engine:
     def feed(self, stream_id: str, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
         self.scheduler.feed(stream_id, samples, sample_rate)
 
+    def pause(self, stream_id: str, gap_samples: int = 0) -> None:
+        """The utterance ended; `gap_samples` of silence are left out before the next audio."""
+        self.scheduler.pause(stream_id, gap_samples)
+
     def end(self, stream_id: str) -> None:
         self.scheduler.end(stream_id)
 

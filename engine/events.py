@@ -9,12 +9,16 @@ from engine.transcript import Word
 
 @dataclass(frozen=True)
 class WordsEvent:
-    """Newly committed words; `emitted_at` is the stream time (s) of the audio seen."""
+    """Newly committed words; `emitted_at` is the stream time (s) of the audio seen.
+
+    `utterance_end`: the speaker paused after the last of them (an endpoint).
+    """
 
     stream_id: str
     words: list[Word]
     emitted_at: float
     language: str | None
+    utterance_end: bool = False
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,10 @@ from engine.config import EngineConfig
 from engine.decode import MAX_META_TOKENS, Phase, RowStep, Stop, advance
 from engine.errors import BadRequestError, OverloadedError, StreamClosedError, UnknownStreamError
 from engine.events import ErrorEvent, Event, FinalEvent, PartialEvent, StepResult, WordsEvent
-from engine.features import FRAMES_PER_S, SAMPLE_RATE, MelFrontend, StreamingMel
+from engine.features import FRAMES_PER_S, HOP, SAMPLE_RATE, MelFrontend, StreamingMel
 from engine.languages import language_code, resolve_language
 from engine.prompt import PromptTemplate
-from engine.stream import MelBuffer, Status, StreamState, keep_from
+from engine.stream import Flush, MelBuffer, Status, StreamState, keep_from
 from engine.timing import AudioGrid
 from engine.transcript import WordAssembler
 from engine.vocab import TokenTable
@@ -151,6 +151,15 @@ class Scheduler:
         state.inbox.put(audio)
         self._work.set()
 
+    def pause(self, stream_id: str, gap_samples: int = 0) -> None:
+        """The utterance ended after the audio fed so far (its words are committed at once), and
+        `gap_samples` of the stream are left out before the next audio (not transcribed: silence)."""
+        if gap_samples < 0:
+            raise BadRequestError(f"a pause cannot be negative ({gap_samples} samples)")
+        state = self._open_stream(stream_id)
+        state.inbox.put_pause(gap_samples)
+        self._work.set()
+
     def end(self, stream_id: str) -> None:
         """No more audio: the next steps flush the stream and publish its FinalEvent."""
         state = self._open_stream(stream_id)
@@ -213,18 +222,20 @@ class Scheduler:
         room = max(0, self.cfg.max_batch - len(continuing))
         new_rows, encode, moves = [], [], []
         for state in self._ready(states, room):
-            final = self._take_audio(state)
+            state.flush = flush = self._take_audio(state)
             self._restart(state)
             sched.forced_trims += self._trim(state, moves)
-            if state.buffer_frames == 0 or (state.buffer_frames == state.decoded_frames and not final):
-                if final:
-                    sched.events.append(self._finish(state, []))
+            if state.buffer_frames == 0 or (state.buffer_frames == state.decoded_frames and flush is Flush.NONE):
+                if flush is Flush.STREAM:
+                    sched.events.append(self._finish(state, state.words.flush(state.audio_end_s)))
+                elif flush is Flush.UTTERANCE:
+                    sched.events.extend(self._end_utterance(state, []))
                 continue
             request = self._encode_request(state)
             if request is not None:
                 encode.append(request)
             sched.new_audio_s += (state.buffer_frames - state.decoded_frames) / FRAMES_PER_S
-            state.step = self._row(state, final)
+            state.step = self._row(state, flush is not Flush.NONE)
             new_rows.append(state.step)
         sched.rows = new_rows + continuing
         if sched.rows:
@@ -313,23 +324,40 @@ class Scheduler:
         ready = [
             s for s in states
             if s.step is None
-            and (s.status is Status.ENDING or (s.status is Status.OPEN and s.inbox.samples >= need))
+            and (s.status is Status.ENDING
+                 or (s.status is Status.OPEN and (s.inbox.samples >= need or s.inbox.pauses > 0)))
         ]
         ready.sort(key=lambda s: s.last_step_at)
         return ready[:room]
 
-    def _take_audio(self, state: StreamState) -> bool:
-        """Move up to max_step_s of the stream's waiting audio into its buffer; True on its final step."""
-        samples = state.inbox.take(int(self.cfg.max_step_s * SAMPLE_RATE))
+    def _take_audio(self, state: StreamState) -> Flush:
+        """Move up to max_step_s of the stream's waiting audio into its buffer; what it ends with.
+
+        Audio before a pause is the end of a contiguous segment: its last
+        frames are computed with the end-of-audio padding, as at the end of a
+        stream, and the segment after the pause starts a new one.
+        """
+        most = int(self.cfg.max_step_s * SAMPLE_RATE)
+        samples, state.pause = state.inbox.take(most)
+        while not len(samples) and state.pause is not None and state.buffer_frames == 0 and not state.words.pending:
+            # Silence after a finished utterance: only the clock moves.
+            self._new_segment(state, state.pause.gap)
+            samples, state.pause = state.inbox.take(most)
+        state.samples_seen += len(samples)
         count = state.mel.add(samples) if len(samples) else 0
-        final = state.status is Status.ENDING and state.inbox.samples == 0
-        if final:
+        if state.status is Status.ENDING and state.inbox.samples == 0 and state.inbox.pauses == 0:
+            flush = Flush.STREAM
+        elif state.pause is not None:
+            flush = Flush.UTTERANCE
+        else:
+            flush = Flush.NONE
+        if flush is not Flush.NONE:
             count = state.mel.end()
         state.last_step_at = time.monotonic()
         if count > 0:
             (logmel,) = self.frontend.log_mel_many([state.mel.segment(count)])
             state.buffer.append(state.mel.emit(count, logmel))
-        return final
+        return flush
 
     def _restart(self, state: StreamState) -> None:
         """The last utterance ended: the buffer starts again just before the audio after it.
@@ -470,14 +498,54 @@ class Scheduler:
             state.restart_at_s = (state.last_word_end_s + self.cfg.restart_margin_s if words_here
                                   else state.audio_end_s - self.cfg.endpoint_s)
         language = language_code(state.language) if state.language else None
-        if row.final:
+        if state.flush is Flush.STREAM:
             return [self._finish(state, words + state.words.flush(state.audio_end_s))]
+        if state.flush is Flush.UTTERANCE:
+            return self._end_utterance(state, words)
         events: list[Event] = []
         if words:
             events.append(WordsEvent(state.stream_id, words, state.audio_end_s, language))
         partial = " ".join(t for t in (state.words.pending_text(), self.table.text(row.tentative).strip()) if t)
-        events.append(PartialEvent(state.stream_id, partial))
+        if partial != state.partial:
+            state.partial = partial
+            events.append(PartialEvent(state.stream_id, partial))
         return events
+
+    def _end_utterance(self, state: StreamState, words: list) -> list[Event]:
+        """A pause: publish the utterance's last words, then start a new buffer after the pause.
+
+        Every committed token becomes context (as a restart does); the next
+        audio is a new contiguous segment at the stream time after the gap.
+        """
+        words = words + state.words.flush(state.audio_end_s)
+        if state.pause is None:
+            raise AssertionError("an utterance flush without its pause")
+        if self.cfg.context_max_tokens:
+            moved = [token for token, _ in state.committed]
+            state.context = (state.context + moved)[-self.cfg.context_max_tokens :]
+        state.committed, state.restart_at_s = [], None
+        self._new_segment(state, state.pause.gap)
+        state.pause, state.flush = None, Flush.NONE
+        language = language_code(state.language) if state.language else None
+        events: list[Event] = []
+        if words:
+            events.append(WordsEvent(state.stream_id, words, state.audio_end_s, language, utterance_end=True))
+            state.last_word_end_s = words[-1].end
+        if state.partial:
+            state.partial = ""
+            events.append(PartialEvent(state.stream_id, ""))
+        return events
+
+    def _new_segment(self, state: StreamState, gap: int) -> None:
+        """The next audio starts `gap` samples after the last: an empty buffer there, fresh features."""
+        state.samples_seen += gap
+        state.mel = StreamingMel(self.frontend, running_max=state.mel.running_max)
+        state.buffer.drop_front(state.buffer_frames)
+        # Floor to a frame: a timestamp is off by less than one 10 ms hop, and it never adds up
+        # (the start is recomputed from the exact sample count at every pause).
+        state.buffer_start = state.samples_seen // HOP
+        state.decoded_frames = state.cached_windows = state.conv_chunks = state.kv_reuse = 0
+        state.consumed_s = max(state.consumed_s, state.audio_start_s)
 
     def _reset_context(self, state: StreamState) -> None:
         """Long silence: earlier text stops being context; an auto language is detected anew."""

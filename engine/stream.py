@@ -7,6 +7,7 @@ front keeps every cached window embedding valid (no cache reset on trim).
 
 from __future__ import annotations
 
+import collections
 import threading
 from dataclasses import dataclass, field
 from enum import Enum
@@ -26,27 +27,63 @@ class Status(Enum):
     FAILED = "failed"
 
 
+class Flush(Enum):
+    """What a step's audio ends with."""
+
+    NONE = "none"  # more audio follows: the policy applies
+    UTTERANCE = "utterance"  # a pause follows: decode to the end, commit everything, go on
+    STREAM = "stream"  # the stream ended: decode to the end and finish
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Markers between a stream's audio: the utterance ended, then `gap` samples were left out."""
+
+    gap: int = 0
+
+
 @dataclass
 class Inbox:
-    """Audio fed by other threads, not yet taken by a step."""
+    """Audio (and pauses) fed by other threads, not yet taken by a step."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    chunks: list[np.ndarray] = field(default_factory=list)
-    samples: int = 0
+    items: collections.deque[np.ndarray | Pause] = field(default_factory=collections.deque)
+    samples: int = 0  # audio samples waiting
+    pauses: int = 0  # pause markers waiting
 
     def put(self, samples: np.ndarray) -> None:
         with self.lock:
-            self.chunks.append(samples)
+            self.items.append(samples)
             self.samples += len(samples)
 
-    def take(self, max_samples: int) -> np.ndarray:
-        """Up to `max_samples` of the oldest audio."""
+    def put_pause(self, gap: int) -> None:
+        """The utterance ended (gap 0), or `gap` samples were left out; adjacent pauses merge."""
         with self.lock:
-            data = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
-            taken, rest = data[:max_samples], data[max_samples:]
-            self.chunks = [rest] if len(rest) else []
-            self.samples = len(rest)
-        return taken
+            if self.items and isinstance(self.items[-1], Pause):
+                self.items[-1] = Pause(self.items[-1].gap + gap)
+            else:
+                self.items.append(Pause(gap))
+                self.pauses += 1
+
+    def take(self, max_samples: int) -> tuple[np.ndarray, Pause | None]:
+        """Up to `max_samples` of the oldest audio, stopping at a pause; the pause if it was reached."""
+        with self.lock:
+            pieces, taken = [], 0
+            while self.items and isinstance(self.items[0], np.ndarray) and taken < max_samples:
+                chunk = self.items.popleft()
+                if taken + len(chunk) > max_samples:
+                    cut = max_samples - taken
+                    chunk, rest = chunk[:cut], chunk[cut:]
+                    self.items.appendleft(rest)
+                pieces.append(chunk)
+                taken += len(chunk)
+            self.samples -= taken
+            pause = None
+            if self.items and isinstance(self.items[0], Pause) and taken < max_samples:
+                pause = self.items.popleft()
+                self.pauses -= 1
+        audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+        return audio, pause
 
 
 class MelBuffer:
@@ -116,6 +153,13 @@ class StreamState:
     # at the next step because the utterance ended (None: no restart due).
     last_word_end_s: float = float("-inf")
     restart_at_s: float | None = None
+    # The partial caption last published (a new one goes out only when it differs).
+    partial: str = ""
+    # Stream samples so far: audio taken into the buffer plus audio left out in pauses.
+    samples_seen: int = 0
+    # Of the step in flight: what its audio ends with, and the pause to apply after it.
+    flush: Flush = Flush.NONE
+    pause: Pause | None = None
     # The step in flight (None between steps), and when the stream last entered one.
     step: RowStep | None = None
     last_step_at: float = 0.0

@@ -1,7 +1,7 @@
 """Transcribe a file as a simulated live stream (or offline) and print words.
 
     python -m engine.transcribe FILE.wav --model DIR_OR_ID [--language en]
-                                [--chunk-ms 100] --jsonl [--offline]
+                                [--chunk-ms 100] --jsonl [--offline] [--vad]
 
 Streaming mode feeds FILE in chunks of --chunk-ms and, after each chunk,
 runs the engine until it has nothing left to do (a stream only decodes once
@@ -34,6 +34,7 @@ from engine.loader import LoadedModel, load_model
 from engine.policy import PolicyConfig
 from engine.core import Engine, available_cpus, set_threads
 from engine.transcript import Word
+from engine.vad import GateState, VadConfig, VadGate, feed_pieces, flush
 
 STREAM_ID = "cli"
 
@@ -88,17 +89,28 @@ def _collect(out: Transcription, events: list, on_word) -> bool:
 
 
 def transcribe(
-    engine: Engine, samples: np.ndarray, chunk_ms: float, language: str | None, on_word=lambda w, t: None
+    engine: Engine, samples: np.ndarray, chunk_ms: float, language: str | None, on_word=lambda w, t: None,
+    vad: VadConfig | None = None,
 ) -> Transcription:
-    """Stream `samples` through `engine` in chunks of `chunk_ms` (use a huge chunk for offline)."""
+    """Stream `samples` through `engine` in chunks of `chunk_ms` (use a huge chunk for offline).
+
+    With `vad`, each chunk goes through the voice activity gate first, as in the service.
+    """
     out = Transcription(audio_s=len(samples) / SAMPLE_RATE)
     engine.open(STREAM_ID, language)
     chunk = max(1, int(chunk_ms * SAMPLE_RATE / 1000))
+    gate, state = (VadGate(vad), GateState()) if vad is not None else (None, None)
     started = time.perf_counter()
     for begin in range(0, len(samples), chunk):
-        engine.feed(STREAM_ID, samples[begin : begin + chunk])
+        if gate is None:
+            engine.feed(STREAM_ID, samples[begin : begin + chunk])
+        else:
+            (pieces,) = gate.process([(state, samples[begin : begin + chunk])])
+            feed_pieces(engine, STREAM_ID, pieces)
         while engine.has_work():
             _collect(out, engine.step().events, on_word)
+    if gate is not None:
+        feed_pieces(engine, STREAM_ID, flush(state))
     engine.end(STREAM_ID)
     while not _collect(out, engine.step().events, on_word):
         pass
@@ -108,16 +120,17 @@ def transcribe(
 
 def transcribe_file(
     path: Path, model: LoadedModel, cfg: EngineConfig, chunk_ms: float, offline: bool, language: str | None,
-    on_word=lambda w, t: None,
+    on_word=lambda w, t: None, vad: VadConfig | None = None,
 ) -> Transcription:
-    """Transcribe one file with an engine of its own."""
+    """Transcribe one file with an engine of its own (`vad`: streaming only)."""
     samples = read_audio_file(path)
     if offline:
         cfg = offline_config(cfg, len(samples) / SAMPLE_RATE)
         chunk_ms = 1000.0 * (len(samples) / SAMPLE_RATE + 1.0)
+        vad = None
     else:
         cfg = cfg.replace(max_streams=1, max_batch=1)
-    return transcribe(Engine(cfg, model), samples, chunk_ms, language, on_word)
+    return transcribe(Engine(cfg, model), samples, chunk_ms, language, on_word, vad)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -128,12 +141,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--chunk-ms", type=float, default=100.0)
     parser.add_argument("--jsonl", action="store_true", help="one JSON object per word, then a summary")
     parser.add_argument("--offline", action="store_true", help="decode the whole file at once")
+    parser.add_argument("--vad", action="store_true",
+                        help="streaming: gate the audio with the service's voice activity detection first")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--heads", default=None, help="alignment heads JSON (default: the model's)")
     parser.add_argument("--border-s", type=float, default=PolicyConfig.border_s)
     parser.add_argument("--rewind-s", type=float, default=PolicyConfig.rewind_s)
     parser.add_argument("--min-step-s", type=float, default=EngineConfig.min_step_s)
+    parser.add_argument("--max-step-s", type=float, default=EngineConfig.max_step_s)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: the CPUs this process may use; fewer if others share them)")
     parser.add_argument("--verbose", action="store_true")
@@ -151,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         dtype=args.dtype,
         alignment_heads=args.heads,
         min_step_s=args.min_step_s,
+        max_step_s=args.max_step_s,
         policy=PolicyConfig(border_s=args.border_s, rewind_s=args.rewind_s),
     )
 
@@ -160,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         model = load_model(cfg.model, cfg.device, cfg.dtype)
-        result = transcribe_file(args.file, model, cfg, args.chunk_ms, args.offline, args.language, print_word)
+        result = transcribe_file(args.file, model, cfg, args.chunk_ms, args.offline, args.language, print_word,
+                                 VadConfig() if args.vad else None)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -191,3 +191,42 @@ def test_no_restart_while_the_last_word_is_recent(parts) -> None:
     scheduler.update(scheduler.schedule(), output((eos(parts), 1.4)))
     scheduler.feed("a", noise(0.5, seed=2))
     assert scheduler.schedule().rows[0].audio_start_s == 0.0
+
+
+def test_a_pause_commits_the_utterance_at_once_and_keeps_the_stream_clock(parts) -> None:
+    """VAD endpoint: no border wait for the last word; after the gap, times are stream times."""
+    scheduler = make(parts)
+    scheduler.open("a", "en")
+    scheduler.feed("a", noise(1.0, seed=1))
+    scheduler.update(scheduler.schedule(), output((token(parts, "dog"), 0.16)))
+    # "ran" looks within border_s of the end: a border stop, not committed.
+    events = scheduler.update(scheduler.schedule(), output((token(parts, "ran"), 0.56))).events
+    assert not [w for e in events if isinstance(e, WordsEvent) for w in e.words if w.text == "ran"]
+    while (sched := scheduler.schedule()).rows:  # the tentative tokens of the partial caption
+        scheduler.update(sched, output((token(parts, "away"), 0.8)))
+    scheduler.pause("a", 0)
+    sched = scheduler.schedule()
+    assert sched.rows[0].final and sched.rows[0].partial_tokens == 0  # decode to the end, no border
+    scheduler.update(sched, output((token(parts, "ran"), 0.56)))
+    events = scheduler.update(scheduler.schedule(), output((eos(parts), 0.8))).events
+    (utterance,) = [e for e in events if isinstance(e, WordsEvent)]
+    assert utterance.utterance_end and [w.text for w in utterance.words][-1] == "ran"
+    # 3 s of silence left out, then new speech: its buffer starts at 4.0 s of stream time.
+    scheduler.pause("a", 3 * 16_000)
+    scheduler.feed("a", noise(1.0, seed=2))
+    sched = scheduler.schedule()
+    assert sched.rows[0].audio_start_s == pytest.approx(4.0, abs=0.01)
+    assert token(parts, "ran") in sched.rows[0].layout.ids[: sched.rows[0].layout.audio_pos]  # context now
+    scheduler.update(sched, output((token(parts, "game"), 0.2)))
+    events = scheduler.update(scheduler.schedule(), output((eos(parts), 0.3))).events
+    (words,) = [e.words for e in events if isinstance(e, WordsEvent)]
+    assert words[0].text == "game" and words[0].start == pytest.approx(4.16, abs=0.01)
+
+
+def test_a_stream_of_only_silence_ends_with_an_empty_final(parts) -> None:
+    scheduler = make(parts)
+    scheduler.open("a", "en")
+    scheduler.pause("a", 20 * 16_000)
+    scheduler.end("a")
+    (final,) = scheduler.schedule().events
+    assert isinstance(final, FinalEvent) and final.words == [] and final.emitted_at == pytest.approx(20.0)

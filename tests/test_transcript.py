@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.stream import Inbox, keep_from
+from engine.stream import Inbox, Pause, keep_from
 from engine.transcript import MAX_TAIL_S, WordAssembler
 from engine.vocab import TokenTable
 
@@ -58,7 +58,13 @@ def test_inbox_take_is_bounded_and_ordered() -> None:
     inbox = Inbox()
     inbox.put(np.arange(5, dtype=np.float32))
     inbox.put(np.arange(5, 8, dtype=np.float32))
-    assert inbox.take(6).tolist() == [0, 1, 2, 3, 4, 5]
+    audio, pause = inbox.take(6)
+    assert audio.tolist() == [0, 1, 2, 3, 4, 5] and pause is None
     assert inbox.samples == 2
-    assert inbox.take(10).tolist() == [6, 7]
+    inbox.put_pause(160)
+    inbox.put(np.arange(8, 10, dtype=np.float32))
+    # Audio stops at a pause; the pause comes with the audio before it, the audio after waits.
+    audio, pause = inbox.take(10)
+    assert audio.tolist() == [6, 7] and pause == Pause(160)
+    assert inbox.take(10)[0].tolist() == [8, 9]
     assert inbox.samples == 0
