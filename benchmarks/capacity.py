@@ -50,7 +50,9 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.workload import Stream, build_streams, utterance_final  # noqa: E402
+from deployments.config import IngestConfig  # noqa: E402
 from engine.features import SAMPLE_RATE  # noqa: E402
+from engine.vad import GateState, VadConfig, VadGate, feed_pieces, flush  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CHUNK_S = 0.1
@@ -273,8 +275,13 @@ def run_service(args: argparse.Namespace, streams: list[Stream], levels: list[in
 
 
 # ---------------------------------------------------------------- engine-only mode
-def engine_level(scheduler: Any, streams: list[Stream], stagger_s: float) -> tuple[list[StreamRun], dict, float]:
-    """Feed the streams on the wall clock from a thread while this thread steps the scheduler."""
+def engine_level(scheduler: Any, streams: list[Stream], stagger_s: float,
+                 vad: VadConfig | None) -> tuple[list[StreamRun], dict, float]:
+    """Feed the streams on the wall clock from a thread while this thread steps the engine.
+
+    With `vad`, the feeder gates every stream's audio as the ingest does: all
+    chunks due by each VAD tick scored in one batch, then their pieces fed.
+    """
     runs = [StreamRun() for _ in streams]
     begin = time.monotonic() + 0.5
     schedule = []
@@ -286,18 +293,36 @@ def engine_level(scheduler: Any, streams: list[Stream], stagger_s: float) -> tup
     schedule.sort()
     last_chunk = {i: max(b for _, j, b in schedule if j == i) for i in range(len(streams))}
     failed: list[BaseException] = []
+    gate = VadGate(vad) if vad is not None else None
+    gates = [GateState() for _ in streams]
+    tick_s = IngestConfig.vad_tick_s
 
     def feed() -> None:
         try:
-            opened = set()
-            for due, i, b in schedule:
-                time.sleep(max(0.0, due - time.monotonic()))
-                if i not in opened:
-                    scheduler.open(f"s{i}", "en")
-                    opened.add(i)
-                scheduler.feed(f"s{i}", streams[i].samples[b : b + step])
-                if b == last_chunk[i]:
-                    scheduler.end(f"s{i}")
+            opened, at = set(), 0
+            while at < len(schedule):
+                time.sleep(max(0.0, (schedule[at][0] if gate is None else time.monotonic() + tick_s)
+                               - time.monotonic()))
+                due = []
+                while at < len(schedule) and schedule[at][0] <= time.monotonic():
+                    due.append(schedule[at])
+                    at += 1
+                for _, i, _ in due:
+                    if i not in opened:
+                        scheduler.open(f"s{i}", "en")
+                        opened.add(i)
+                if gate is None:
+                    for _, i, b in due:
+                        scheduler.feed(f"s{i}", streams[i].samples[b : b + step])
+                else:
+                    batch = [(gates[i], streams[i].samples[b : b + step]) for _, i, b in due]
+                    for (_, i, _), pieces in zip(due, gate.process(batch)):
+                        feed_pieces(scheduler, f"s{i}", pieces)
+                for _, i, b in due:
+                    if b == last_chunk[i]:
+                        if gate is not None:
+                            feed_pieces(scheduler, f"s{i}", flush(gates[i]))
+                        scheduler.end(f"s{i}")
         except BaseException as exc:  # reported by the stepping thread
             failed.append(exc)
             raise
@@ -347,16 +372,18 @@ def run_engine(args: argparse.Namespace, streams: list[Stream], levels: list[int
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model, args.device, args.dtype)
-    print(f"engine only: {args.model} on {model.device} ({model.dtype}), torch threads {torch.get_num_threads()}")
+    vad = None if args.no_vad else VadConfig()
+    print(f"engine only: {args.model} on {model.device} ({model.dtype}), torch threads {torch.get_num_threads()}, "
+          f"VAD {'off' if vad is None else 'on'}")
     rows = []
     for n in levels:
         cfg = EngineConfig(model=args.model, device=args.device, dtype=args.dtype, max_streams=max(n, 1), max_batch=max(n, 1))
         scheduler = Engine(cfg, model)
         if args.warmup_s > 0:
             warm = Stream(streams[0].samples[: int(args.warmup_s * SAMPLE_RATE)], [])
-            engine_level(scheduler, [warm], 0.0)
+            engine_level(scheduler, [warm], 0.0, vad)
         wall0 = time.monotonic()
-        runs, counters, cpu = engine_level(scheduler, streams[:n], args.stagger_s)
+        runs, counters, cpu = engine_level(scheduler, streams[:n], args.stagger_s, vad)
         wall = time.monotonic() - wall0
         rows.append(summarise(n, streams[:n], runs, wall, {"engine": cpu}, counters, 1))
         print_row(rows[-1])
@@ -437,6 +464,7 @@ def main() -> int:
     parser.add_argument("--warmup-s", type=float, default=5.0, help="one short stream before the sweep")
     parser.add_argument("--model", default="models/tiny-en")
     parser.add_argument("--engine-only", action="store_true")
+    parser.add_argument("--no-vad", action="store_true", help="engine only: no voice activity gate in front")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="engine only: torch threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")

@@ -2,7 +2,8 @@
 
 Cues follow common subtitle practice: at most `max_chars` per line and
 `max_lines` lines per cue, at most `max_cue_s` on screen, and a new cue after
-a pause longer than `pause_s`. Words are never split; a word longer than a
+a pause longer than `pause_s` or after a word that ended an utterance (the
+service's voice activity detection saw the speaker stop). Words are never split; a word longer than a
 line gets a line of its own.
 """
 
@@ -23,6 +24,9 @@ class TimedWord(Protocol):
 
     @property
     def end(self) -> float: ...
+
+    @property
+    def utterance_end(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -52,11 +56,13 @@ def build_cues(words: Sequence[TimedWord], rules: CueRules = CueRules()) -> list
     cues: list[Cue] = []
     cue: Cue | None = None
     prev_end = 0.0
+    broken = False  # the previous word ended an utterance
     for word in words:
         text = word.text.strip()
         if not text:
             continue
-        if cue is None or word.start - prev_end > rules.pause_s or word.end - cue.start > rules.max_cue_s:
+        if (cue is None or broken or word.start - prev_end > rules.pause_s
+                or word.end - cue.start > rules.max_cue_s):
             cue = _new_cue(cues, word, text)
         else:
             line = cue.lines[-1]
@@ -68,6 +74,7 @@ def build_cues(words: Sequence[TimedWord], rules: CueRules = CueRules()) -> list
                 cue = _new_cue(cues, word, text)
         cue.end = max(cue.end, word.end)
         prev_end = word.end
+        broken = word.utterance_end
     return cues
 
 
@@ -119,5 +126,12 @@ def to_json(words: Sequence[TimedWord], meta: dict[str, object]) -> dict[str, ob
     return {
         **meta,
         "text": " ".join(w.text.strip() for w in words if w.text.strip()),
-        "words": [{"text": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in words],
+        "words": [_word_json(w) for w in words],
     }
+
+
+def _word_json(word: TimedWord) -> dict[str, object]:
+    out: dict[str, object] = {"text": word.text, "start": round(word.start, 3), "end": round(word.end, 3)}
+    if word.utterance_end:
+        out["utterance_end"] = True
+    return out

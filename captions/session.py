@@ -68,10 +68,10 @@ class CaptionSession:
         self.hub.publish(self.stream_id, msg)
         self.language = msg.get("language") or self.language
         if msg.get("type") == "words":
-            await self.committed(msg["words"], first_seq)
+            await self.committed(msg["words"], first_seq, bool(msg.get("utterance_end")))
 
-    async def committed(self, words: list[dict], first_seq: int | None = None) -> None:
-        """Store newly committed words {text, start, end}.
+    async def committed(self, words: list[dict], first_seq: int | None = None, utterance_end: bool = False) -> None:
+        """Store newly committed words {text, start, end}; `utterance_end`: the last one ended an utterance.
 
         `first_seq`: the stream index of the first word when the ingest replays
         words after re-homing, so a replay overwrites nothing and adds no copies.
@@ -79,7 +79,9 @@ class CaptionSession:
         if not words:
             return
         seq = self.next_seq if first_seq is None else first_seq
-        rows = [(w["text"], float(w["start"]), float(w["end"])) for w in words]
+        rows = [(w["text"], float(w["start"]), float(w["end"]), False) for w in words]
+        if utterance_end:
+            rows[-1] = (*rows[-1][:3], True)
         await run_in_threadpool(self.store.append_words, self.tenant.id, self.stream_id, seq, rows)
         self.next_seq = max(self.next_seq, seq + len(rows))
         metrics.words_committed(self.tenant.id, len(rows))

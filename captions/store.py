@@ -65,6 +65,8 @@ words = sa.Table(
     sa.Column("text", sa.Text, nullable=False),
     sa.Column("start_s", sa.Float, nullable=False),
     sa.Column("end_s", sa.Float, nullable=False),
+    # The speaker paused after this word (voice activity endpoint): exports break cues here.
+    sa.Column("utterance_end", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 viewer_tokens = sa.Table(
@@ -115,6 +117,7 @@ class StoredWord:
     text: str
     start: float
     end: float
+    utterance_end: bool = False
 
 
 def database_url(url: str | None = None) -> str:
@@ -142,6 +145,7 @@ class TranscriptStore:
         self.stale_s = stale_s
         self.engine = _make_engine(url)
         metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
 
     # ------------------------------------------------------------- streams
     def open_stream(
@@ -263,16 +267,20 @@ class TranscriptStore:
 
     # --------------------------------------------------------------- words
     def append_words(
-        self, tenant_id: str, stream_id: str, first_seq: int, new_words: list[tuple[str, float, float]],
+        self, tenant_id: str, stream_id: str, first_seq: int, new_words: list[tuple[str, float, float, bool]],
         now: float | None = None,
     ) -> None:
-        """Store words `first_seq`, `first_seq + 1`, ... of a stream; seqs already stored are kept as they were."""
+        """Store words `first_seq`, `first_seq + 1`, ... of a stream; seqs already stored are kept as they were.
+
+        A word is (text, start_s, end_s, utterance_end).
+        """
         self.stream(tenant_id, stream_id)  # ownership check
         if not new_words:
             return
         rows = [
-            {"stream_id": stream_id, "seq": first_seq + i, "text": text, "start_s": start, "end_s": end}
-            for i, (text, start, end) in enumerate(new_words)
+            {"stream_id": stream_id, "seq": first_seq + i, "text": text, "start_s": start, "end_s": end,
+             "utterance_end": utterance_end}
+            for i, (text, start, end, utterance_end) in enumerate(new_words)
         ]
         with self.engine.begin() as conn:
             self._insert_ignore(conn, words, rows, ["stream_id", "seq"])
@@ -291,7 +299,7 @@ class TranscriptStore:
                 .where(words.c.stream_id == stream_id, words.c.seq > after_seq)
                 .order_by(words.c.seq)
             ).all()
-        return [StoredWord(r.seq, r.text, r.start_s, r.end_s) for r in rows]
+        return [StoredWord(r.seq, r.text, r.start_s, r.end_s, bool(r.utterance_end)) for r in rows]
 
     # -------------------------------------------------------- viewer tokens
     def create_viewer_token(self, tenant_id: str, stream_id: str, ttl_s: float, now: float | None = None) -> str:
@@ -352,6 +360,17 @@ class TranscriptStore:
         if dialect is None:
             raise ValueError(f"unsupported database {conn.dialect.name!r}: use SQLite or PostgreSQL")
         conn.execute(dialect.insert(table).on_conflict_do_nothing(index_elements=keys), rows)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns added since a database was created (create_all makes only missing tables).
+
+    Each has a server default, so existing rows read as before.
+    """
+    present = {c["name"] for c in sa.inspect(engine).get_columns("words")}
+    if "utterance_end" not in present:
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE words ADD COLUMN utterance_end BOOLEAN NOT NULL DEFAULT FALSE"))
 
 
 def _make_engine(url: str) -> Engine:

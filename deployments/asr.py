@@ -71,10 +71,10 @@ class ASRModel:
         return {"replica": self.replica}
 
     async def push(self, link: str, replica: str, audio: dict[str, np.ndarray], ends: list[str],
-                   aborts: list[str]) -> Reply:
+                   aborts: list[str], pauses: dict[str, int]) -> Reply:
         if replica != self.replica:
             return {"error": {"code": "wrong_replica", "message": f"this is replica {self.replica}"}}
-        return self.loop.push(link, audio, ends, aborts)
+        return self.loop.push(link, audio, ends, aborts, pauses)
 
     async def events(self, link: str, replica: str) -> AsyncIterator[list[dict[str, Any]]]:
         """Streaming: the link's events in batches (call with handle.options(stream=True))."""

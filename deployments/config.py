@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.config import EngineConfig
+from engine.vad import VadConfig
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,13 @@ class IngestConfig:
     placement_refresh_s: float = 1.0
     # Re-homing attempts in a row before the stream fails with `unavailable`.
     max_rehomes: int = 5
+    # The voice activity gate in front of the model (engine/vad.py), and how often it scores.
+    vad: VadConfig = field(default_factory=VadConfig)
+    vad_tick_s: float = 0.04
 
     def __post_init__(self) -> None:
         for name in ("max_pending_s", "max_replay_s", "max_send_s", "resume_grace_s", "tick_s", "events_wait_s",
-                     "placement_refresh_s"):
+                     "placement_refresh_s", "vad_tick_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ingest.{name} must be > 0")
         if self.max_frame_bytes < 1024 or self.max_rehomes < 1:
@@ -67,10 +71,15 @@ class ServiceConfig:
             raise ValueError(f"unknown app args: {sorted(unknown)}")
         model = str(args.get("model", cls.model))
         engine = EngineConfig.from_dict({**args.get("engine", {}), "model": model})
-        ingest_args = args.get("ingest", {})
+        ingest_args = dict(args.get("ingest", {}))
         bad = set(ingest_args) - {f.name for f in dataclasses.fields(IngestConfig)}
         if bad:
             raise ValueError(f"unknown ingest config keys: {sorted(bad)}")
+        if isinstance(ingest_args.get("vad"), dict):
+            bad = set(ingest_args["vad"]) - {f.name for f in dataclasses.fields(VadConfig)}
+            if bad:
+                raise ValueError(f"unknown ingest.vad keys: {sorted(bad)}")
+            ingest_args["vad"] = VadConfig(**ingest_args["vad"])
         gpus = float(args.get("gpus_per_replica", cls.gpus_per_replica))
         cpus = float(args.get("cpus_per_replica", cls.cpus_per_replica))
         if gpus < 0 or cpus < 0:

@@ -48,12 +48,14 @@ from deployments import protocol
 from deployments.audio_in import AudioDecoder
 from deployments.config import ServiceConfig
 from deployments.links import ModelLinks
+from deployments.vad_worker import VadWorker
 from deployments.metrics import IngestMetrics
 from deployments.openai_api import OpenAIRoutes
 from deployments.openai_realtime import RealtimeRoute
 from deployments.relay import Relay, RelayError, Sink, SinkClosed
 from deployments.session import Session
 from engine.audio import resample
+from engine.core import set_threads
 from engine.errors import BadAudioError
 from engine.features import SAMPLE_RATE
 
@@ -76,6 +78,10 @@ class Ingest:
         self.model = model
         # This replica's links to the model replicas: every stream's audio and events travel on them.
         self.links = ModelLinks(model, self.cfg.ingest)
+        vad = self.cfg.ingest.vad
+        self.vad = VadWorker(vad, self.cfg.ingest.vad_tick_s) if vad.enabled else None
+        # The ingest shares its cores with other processes: one torch thread (VAD, resampling).
+        set_threads(1)
         self.metrics = IngestMetrics()
         # Sessions by id: live ones and, for resume_grace_s, those whose socket dropped.
         self.sessions: dict[str, Relay] = {}
@@ -169,7 +175,7 @@ class Ingest:
 
     async def _open_relay(self, session: Session, tenant: Tenant) -> Relay:
         """A started relay whose stream belongs to `tenant`: QuotaExceeded before any model replica is asked."""
-        relay = Relay(session, self.links, self.cfg.ingest, self.metrics)
+        relay = Relay(session, self.links, self.cfg.ingest, self.metrics, self.vad)
         relay.tenant_id = tenant.id
         relay.captions = await CaptionSession.start(
             self.store, self.ledger, self.hub, tenant, session.session_id, session.language

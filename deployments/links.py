@@ -29,13 +29,13 @@ import uuid
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.asr import pin
 from deployments.config import IngestConfig
+from deployments.session import Outgoing
 from engine.features import SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -170,14 +170,16 @@ class Link:
             self._wake.clear()
             # At most one push per tick: audio of every stream that arrived meanwhile goes together.
             await asyncio.sleep(max(0.0, self._last_push + self.cfg.tick_s - time.monotonic()))
-            audio, ends = self._gather(max_send)
+            outgoing, ends = self._gather(max_send)
             aborts, self._aborts = self._aborts, []
-            if not (audio or ends or aborts):
+            if not (outgoing or ends or aborts):
                 continue
             self._last_push = time.monotonic()
+            audio = {key: out.audio for key, out in outgoing.items() if len(out.audio)}
+            pauses = {key: out.pause for key, out in outgoing.items() if out.pause is not None}
             try:
                 reply = await self.owner.handle.options(session_id=pin(self.replica)).push.remote(
-                    self.owner.id, self.replica, audio, ends, aborts
+                    self.owner.id, self.replica, audio, ends, aborts, pauses
                 )
             except LOST as exc:
                 log.warning("link %s: push failed (%s): its streams re-home", self.replica, type(exc).__name__)
@@ -187,28 +189,28 @@ class Link:
                 log.warning("link %s: %s: its streams re-home", self.replica, reply["error"]["message"])
                 self._lose()
                 return
-            self._apply(audio, ends, reply)
+            self._apply(outgoing, ends, reply)
 
-    def _gather(self, max_send: int) -> tuple[dict[str, np.ndarray], list[str]]:
-        audio, ends = {}, []
+    def _gather(self, max_send: int) -> tuple[dict[str, Outgoing], list[str]]:
+        outgoing, ends = {}, []
         for key, relay in self.streams.items():
             session = relay.session
-            chunk = session.unsent(max_send)
-            if len(chunk):
-                audio[key] = chunk
-            elif session.ended and key not in self._ended:
+            out = session.unsent(max_send)
+            if out:
+                outgoing[key] = out
+            elif session.ended and session.gate_flushed and key not in self._ended:
                 ends.append(key)
-        return audio, ends
+        return outgoing, ends
 
-    def _apply(self, audio: dict[str, np.ndarray], ends: list[str], reply: dict[str, Any]) -> None:
+    def _apply(self, outgoing: dict[str, Outgoing], ends: list[str], reply: dict[str, Any]) -> None:
         rejected = reply["rejected"]
-        for key, chunk in audio.items():
+        for key, out in outgoing.items():
             relay = self.streams.get(key)
             if relay is None:
                 continue  # re-homed or finished meanwhile: the new incarnation replays it
             error = rejected.get(key)
             if error is None:
-                relay.session.mark_sent(len(chunk))
+                relay.session.mark_sent(out)
             elif error["code"] == "overloaded":
                 asyncio.get_running_loop().call_later(BACKPRESSURE_WAIT_S, self._wake.set)
             elif error["code"] == "unknown_stream":
@@ -221,7 +223,7 @@ class Link:
             elif relay is not None:
                 self._ended.add(key)  # accepted, or the stream already closed (its events say why)
         # More than max_send_s was waiting, or a stream sent its last audio and its end is due.
-        if any(key not in rejected and (len(r.session.unsent(1)) or (r.session.ended and key not in self._ended))
+        if any(key not in rejected and (r.session.unsent(1) or (r.session.ended and key not in self._ended))
                for key, r in self.streams.items()):
             self._wake.set()
 

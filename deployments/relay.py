@@ -28,7 +28,9 @@ from deployments.config import IngestConfig
 from deployments.links import Link, ModelLinks, NoReplica
 from deployments.metrics import IngestMetrics
 from deployments.session import Session, SessionWord
+from deployments.vad_worker import VadWorker
 from engine.features import SAMPLE_RATE
+from engine.vad import GateState
 
 log = logging.getLogger("ray.serve")
 
@@ -50,9 +52,14 @@ class SinkClosed(Exception):
 class Relay:
     """One client stream: its Session, its link, and where frames go (the socket, if attached)."""
 
-    def __init__(self, session: Session, links: ModelLinks, cfg: IngestConfig, metrics: IngestMetrics) -> None:
+    def __init__(self, session: Session, links: ModelLinks, cfg: IngestConfig, metrics: IngestMetrics,
+                 vad: VadWorker | None = None) -> None:
         self.session = session
         self.links = links
+        # With a VAD worker, audio goes through the stream's gate before the model sees it.
+        self.vad = vad
+        if vad is not None:
+            session.gate = GateState()
         self.cfg = cfg
         self.metrics = metrics
         self.link: Link | None = None
@@ -84,14 +91,27 @@ class Relay:
                 f"more than {self.cfg.max_pending_s:.1f} s of audio waiting for the model: "
                 "send at real-time pace (or the service is overloaded)",
             )
-        self.session.add_audio(samples)
-        if self.link is not None:
-            self.link.nudge()
+        if self.vad is None:
+            self.session.add_audio(samples)
+            self.nudge()
+        else:
+            self.session.ungated.append(samples)
+            self.vad.mark(self)
 
     def end(self) -> None:
         self.session.ended = True
+        if self.vad is not None:
+            self.vad.mark(self)
+        self.nudge()
+
+    def nudge(self) -> None:
+        """The session has something new for the model."""
         if self.link is not None:
             self.link.nudge()
+
+    def fail(self, code: str, message: str) -> None:
+        """End the stream with an error from outside its model replica."""
+        self._inbox.put_nowait({"stream": self.session.stream_key, "type": "error", "code": code, "message": message})
 
     def stop_tasks(self) -> None:
         """The stream is over (final, failure or abort): stop handling its events."""
@@ -153,7 +173,8 @@ class Relay:
         session = self.session
         kind = event["type"]
         if kind in ("words", "final"):
-            new = session.add_words(event["words"], event["language"], event["emitted_at"])
+            new = session.add_words(event["words"], event["language"], event["emitted_at"],
+                                    event.get("utterance_end", False))
             await self._publish_words(new)
             await self._flush_words()
         if kind == "partial":
@@ -197,12 +218,13 @@ class Relay:
     async def _flush_words(self) -> None:
         if self.sink is None:
             return
-        words = self.session.undelivered()
-        if words:
+        for words in _utterances(self.session.undelivered()):
             fields: dict[str, Any] = {
                 "words": [w.as_dict() for w in words],
                 "emitted_at": round(self.session.transcribed_s, 3),
             }
+            if words[-1].utterance_end:
+                fields["utterance_end"] = True
             if self.session.detected_language:
                 fields["language"] = self.session.detected_language
             await self._emit(protocol.pack("words", **fields))
@@ -229,6 +251,8 @@ class Relay:
         if self.captions is None or not new:
             return
         msg: dict[str, Any] = {"type": "words", "words": [w.as_dict() for w in new]}
+        if new[-1].utterance_end:
+            msg["utterance_end"] = True
         if self.session.detected_language:
             msg["language"] = self.session.detected_language
         await self.captions.on_message(msg, first_seq=len(self.session.words) - len(new))
@@ -247,6 +271,16 @@ class Relay:
             # Words stay undelivered and `final` is sent again on resume.
             log.info("session %s: socket gone while sending, detached", self.session.session_id)
             self.sink = None
+
+
+def _utterances(words: list[SessionWord]) -> list[list[SessionWord]]:
+    """Words split after each utterance end: one `words` frame never spans an endpoint."""
+    groups: list[list[SessionWord]] = [[]]
+    for word in words:
+        groups[-1].append(word)
+        if word.utterance_end:
+            groups.append([])
+    return [g for g in groups if g]
 
 
 def _spawn(coro: Awaitable[None], relay: Relay) -> asyncio.Task:

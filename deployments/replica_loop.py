@@ -49,6 +49,7 @@ def event_to_dict(event: Event) -> dict[str, Any]:
             "words": [w.as_dict() for w in event.words],
             "emitted_at": round(event.emitted_at, 3),
             "language": event.language,
+            "utterance_end": isinstance(event, WordsEvent) and event.utterance_end,
         }
     if isinstance(event, PartialEvent):
         return {"stream": event.stream_id, "type": "partial", "text": event.text}
@@ -98,11 +99,14 @@ class ReplicaLoop:
             outbox.streams.add(stream_id)
             self._stream_link[stream_id] = link
 
-    def push(self, link: str, audio: dict[str, np.ndarray], ends: list[str], aborts: list[str]) -> Reply:
-        """Audio, ends and aborts of a link's streams; per stream what was not accepted.
+    def push(self, link: str, audio: dict[str, np.ndarray], ends: list[str], aborts: list[str],
+             pauses: dict[str, int] | None = None) -> Reply:
+        """Audio, pauses, ends and aborts of a link's streams; per stream what was not accepted.
 
+        A stream's audio comes first, then its pause (the utterance ended,
+        then that many samples were left out), then its end.
         Returns {"rejected": {stream: {code, message}}, "backlog_s": {stream: s}}:
-        a stream missing from "rejected" had all its audio (and its end) accepted.
+        a stream missing from "rejected" had all its audio, pause and end accepted.
         `overloaded` means its backlog is full: send the same audio again later.
         """
         with self._lock:
@@ -113,6 +117,13 @@ class ReplicaLoop:
             try:
                 self.engine.feed(stream_id, samples)
                 backlog[stream_id] = self.engine.backlog_s(stream_id)
+            except EngineError as exc:
+                rejected[stream_id] = error_reply(exc)
+        for stream_id, gap in (pauses or {}).items():
+            if stream_id in rejected:
+                continue
+            try:
+                self.engine.pause(stream_id, gap)
             except EngineError as exc:
                 rejected[stream_id] = error_reply(exc)
         for stream_id in ends:

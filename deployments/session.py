@@ -10,6 +10,7 @@ prompt context is the committed text, so words neither vanish nor repeat.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import secrets
 import uuid
@@ -19,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from engine.features import SAMPLE_RATE
+from engine.stream import Pause
+from engine.vad import Audio, Endpoint, GateState, Piece
 
 # "ray.serve": the logger Serve writes to each replica's log file.
 log = logging.getLogger("ray.serve")
@@ -29,54 +32,104 @@ class SessionWord:
     text: str
     start: float
     end: float
+    # The speaker paused after this word (an endpoint): it ends an utterance.
+    utterance_end: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "start": round(self.start, 3), "end": round(self.end, 3)}
+        out: dict[str, Any] = {"text": self.text, "start": round(self.start, 3), "end": round(self.end, 3)}
+        if self.utterance_end:
+            out["utterance_end"] = True
+        return out
 
 
-class AudioLog:
-    """Samples [start, end) of a session, kept as the chunks they arrived in.
+@dataclass(frozen=True)
+class Outgoing:
+    """The next part of a session for its model replica: audio, then a pause if one comes right after.
 
-    Appending and dropping from the front cost O(chunk), not O(log): a
-    30 s log copied on every 100 ms frame cost more than the frame's whole
-    path through the ingest.
+    pause: None, or the samples left out after the utterance ended (0 for
+    the endpoint itself).
+    """
+
+    audio: np.ndarray
+    pause: int | None = None
+
+    def __bool__(self) -> bool:
+        return len(self.audio) > 0 or self.pause is not None
+
+
+class StreamLog:
+    """Session samples [start, end): audio as it arrived, endpoints and gaps (left-out silence).
+
+    Items are kept as they came: appending and dropping from the front cost
+    O(item), not O(log) (copying a 30 s log on every 100 ms frame cost more
+    than the frame's whole path through the ingest). An item is an audio
+    array or a Pause (an endpoint, gap 0, or samples left out).
     """
 
     def __init__(self) -> None:
-        self._chunks: collections.deque[np.ndarray] = collections.deque()
+        self._items: collections.deque[tuple[int, np.ndarray | Pause]] = collections.deque()
         self.start = 0  # session sample index of the first kept sample
         self.end = 0
+        self.audio_samples = 0  # audio kept (the replay bound counts only audio)
 
-    def __len__(self) -> int:
-        return self.end - self.start
-
-    def append(self, samples: np.ndarray) -> None:
-        if len(samples):
-            self._chunks.append(samples)
-            self.end += len(samples)
+    def append(self, piece: np.ndarray | Pause) -> None:
+        size = piece.gap if isinstance(piece, Pause) else len(piece)
+        if isinstance(piece, np.ndarray):
+            if not size:
+                return
+            self.audio_samples += size
+        self._items.append((self.end, piece))
+        self.end += size
 
     def drop_before(self, index: int) -> None:
-        """Forget samples before session sample `index`."""
+        """Forget everything before session sample `index` (an endpoint at `index` stays)."""
         index = min(index, self.end)
-        while self._chunks and self.start + len(self._chunks[0]) <= index:
-            self.start += len(self._chunks.popleft())
-        if self._chunks and index > self.start:
-            self._chunks[0] = self._chunks[0][index - self.start :]
-            self.start = index
+        while self._items:
+            at, item = self._items[0]
+            size = item.gap if isinstance(item, Pause) else len(item)
+            if at + size <= index and not (size == 0 and at == index):
+                self._items.popleft()
+                if isinstance(item, np.ndarray):
+                    self.audio_samples -= size
+                continue
+            if at < index:  # the item straddles `index`
+                cut = index - at
+                if isinstance(item, Pause):
+                    self._items[0] = (index, Pause(item.gap - cut))
+                else:
+                    self._items[0] = (index, item[cut:])
+                    self.audio_samples -= cut
+            break
+        self.start = max(self.start, index)
 
-    def read(self, begin: int, n: int) -> np.ndarray:
-        """Samples [begin, begin + n) clipped to what is kept, as one array."""
-        begin, stop = max(begin, self.start), min(begin + n, self.end)
-        pieces, at = [], self.start
-        for chunk in self._chunks:
-            if at >= stop:
+    def read(self, sent: int, max_samples: int, pause_sent: bool) -> Outgoing:
+        """What follows session sample `sent`: audio (at most `max_samples`, up to the next pause), then that pause.
+
+        pause_sent: the pause at `sent` was delivered already (an endpoint
+        takes no samples, so the position alone cannot tell).
+        """
+        pieces, taken = [], 0
+        for at, item in self._items:
+            if isinstance(item, Pause):
+                end = at + item.gap
+                delivered = end < sent or (item.gap > 0 and end == sent) or (end == sent and pause_sent)
+                if delivered:
+                    continue
+                return Outgoing(_joined(pieces), item.gap)
+            if at + len(item) <= sent:
+                continue
+            piece = item[max(0, sent - at) :][: max_samples - taken]
+            pieces.append(piece)
+            taken += len(piece)
+            if taken >= max_samples:
                 break
-            if at + len(chunk) > begin:
-                pieces.append(chunk[max(0, begin - at) : stop - at])
-            at += len(chunk)
-        if not pieces:
-            return np.zeros(0, np.float32)
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        return Outgoing(_joined(pieces))
+
+
+def _joined(pieces: list[np.ndarray]) -> np.ndarray:
+    if not pieces:
+        return np.zeros(0, np.float32)
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
 @dataclass
@@ -93,9 +146,11 @@ class Session:
     detected_language: str | None = None
     # Session time up to which the model had audio when it committed the latest words.
     transcribed_s: float = 0.0
-    # Audio after the last committed word: samples [replay.start, received) of the session.
-    replay: AudioLog = field(default_factory=AudioLog)
+    # Audio (and pauses) after the last committed word: samples [replay.start, received) of the session.
+    replay: StreamLog = field(default_factory=StreamLog)
     received: int = 0
+    # The pause at `sent` reached the current incarnation (a pause may take no samples).
+    pause_sent: bool = False
     # Samples of the session the current incarnation has accepted (it starts at `offset`).
     sent: int = 0
     # Samples some incarnation has accepted: replayed audio does not count as pending.
@@ -109,6 +164,26 @@ class Session:
     # Text the client gave to guide the transcript (OpenAI's `prompt`); it leads
     # every incarnation's context, before the committed text.
     prompt: str = ""
+    # The voice activity gate (None: every sample goes to the model), the audio
+    # waiting for it, and whether it has let out everything after `end`.
+    gate: GateState | None = None
+    ungated: list[np.ndarray] = field(default_factory=list)
+    gate_done: bool = False
+
+    @property
+    def gate_flushed(self) -> bool:
+        """Everything received is in the log (the `end` may follow it)."""
+        return self.gate is None or (self.gate_done and not self.ungated)
+
+    def add_pieces(self, pieces: list[Piece]) -> None:
+        """What the gate let out, in order."""
+        for piece in pieces:
+            if isinstance(piece, Audio):
+                self.add_audio(piece.samples)
+            elif isinstance(piece, Endpoint):
+                self.add_pause(0)
+            else:
+                self.add_pause(piece.samples)
 
     @property
     def stream_key(self) -> str:
@@ -122,33 +197,46 @@ class Session:
     @property
     def pending_s(self) -> float:
         """Audio received that no model replica has accepted yet (the backpressure measure)."""
-        return (self.received - self.accepted) / SAMPLE_RATE
+        return (self.received - self.accepted + sum(len(s) for s in self.ungated)) / SAMPLE_RATE
 
     def add_audio(self, samples: np.ndarray) -> None:
+        """Audio for the model (through the VAD gate, if any)."""
         self.replay.append(samples)
         self.received += len(samples)
-        excess = len(self.replay) - int(self.max_replay_s * SAMPLE_RATE)
+        excess = self.replay.audio_samples - int(self.max_replay_s * SAMPLE_RATE)
         if excess > 0:
             # The engine force-trims such a buffer too; replaying more would only repeat that.
             log.warning("session %s: %.1f s without a committed word, replay buffer trimmed",
                         self.session_id, excess / SAMPLE_RATE)
             self.replay.drop_before(self.replay.start + excess)
-            self.sent = max(self.sent, self.replay_start)
+            if self.sent < self.replay_start:
+                self.sent, self.pause_sent = self.replay_start, False
             self.accepted = max(self.accepted, self.sent)
 
-    def unsent(self, max_samples: int) -> np.ndarray:
-        """The next audio to send to the current incarnation."""
-        return self.replay.read(self.sent, max_samples)
+    def add_pause(self, gap: int) -> None:
+        """The utterance ended here (gap 0), or `gap` samples of silence are left out."""
+        self.replay.append(Pause(gap))
+        self.received += gap
 
-    def mark_sent(self, n: int) -> None:
-        self.sent += n
+    def unsent(self, max_samples: int) -> Outgoing:
+        """The next audio (and pause) to send to the current incarnation."""
+        return self.replay.read(self.sent, max_samples, self.pause_sent)
+
+    def mark_sent(self, out: Outgoing) -> None:
+        self.sent += len(out.audio)
+        if out.pause is not None:
+            self.sent += out.pause
+        self.pause_sent = out.pause is not None
         self.accepted = max(self.accepted, self.sent)
 
-    def add_words(self, words: list[dict[str, Any]], language: str | None, emitted_at: float) -> list[SessionWord]:
+    def add_words(self, words: list[dict[str, Any]], language: str | None, emitted_at: float,
+                  utterance_end: bool = False) -> list[SessionWord]:
         """Words of the current incarnation (its times) -> session words; advances the replay cut."""
         shift = self.offset / SAMPLE_RATE
         self.transcribed_s = max(self.transcribed_s, emitted_at + shift)
         new = [SessionWord(w["text"], w["start"] + shift, w["end"] + shift) for w in words]
+        if new and utterance_end:
+            new[-1] = dataclasses.replace(new[-1], utterance_end=True)
         self.words.extend(new)
         self.detected_language = language or self.detected_language
         if new:
@@ -166,8 +254,10 @@ class Session:
         self.incarnation += 1
         self.rehomes += 1
         self.offset = self.sent = self.replay_start
+        self.pause_sent = False
         log.info("session %s: re-homing as %s, replaying %.2f s after %d committed words",
-                 self.session_id, self.stream_key, len(self.replay) / SAMPLE_RATE, len(self.words))
+                 self.session_id, self.stream_key, (self.replay.end - self.replay.start) / SAMPLE_RATE,
+                 len(self.words))
 
     def context(self) -> str:
         """The client's prompt, then the committed text: an incarnation's context (the engine keeps its tail)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,29 @@ def noise(seconds: float, seed: int, level: float = 0.1) -> np.ndarray:
     """Deterministic white-noise 'audio' for model-mechanics tests."""
     rng = np.random.default_rng(seed)
     return (rng.standard_normal(int(seconds * SAMPLE_RATE)) * level).clip(-1, 1).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _speech(seconds: float, seed: int) -> np.ndarray:
+    from engine.tiny_tokenizer import read_words
+    from training.corpus import heldout_sentences, synthesize
+
+    rng = np.random.default_rng(seed)
+    pieces, total = [], 0
+    for text in heldout_sentences(40, read_words())[seed % 20 :]:
+        clip = synthesize(text, "en-us", int(rng.integers(140, 200)), 50)
+        pieces += [clip, np.zeros(int(0.15 * SAMPLE_RATE), np.float32)]
+        total += len(clip) + int(0.15 * SAMPLE_RATE)
+        if total >= seconds * SAMPLE_RATE:
+            break
+    return np.concatenate(pieces)[: int(seconds * SAMPLE_RATE)]
+
+
+def speech(seconds: float, seed: int) -> np.ndarray:
+    """Deterministic espeak-ng speech (held-out sentences, 0.15 s apart): audio the service's
+    voice activity gate lets through, for tests through the service (a random model still
+    writes random words on it)."""
+    return _speech(seconds, seed).copy()
 
 
 SERVICE_PORT = 18_765

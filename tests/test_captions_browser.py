@@ -78,12 +78,19 @@ def test_page_shows_live_captions_from_a_fake_microphone(browser_ready, service,
         driver.find_element(By.ID, "stop").click()
         wait.until(lambda d: d.find_element(By.ID, "status").text == "Finished")
         shown = [w.text.strip() for w in driver.find_elements(By.CSS_SELECTOR, "#captions .committed .word")]
+        # A caption line per utterance: a break before each word that follows an utterance end.
+        breaks = driver.execute_script(
+            "return [...document.querySelectorAll('#captions .committed .utterance-break')]"
+            ".map((br) => [...br.parentElement.querySelectorAll('.word')].indexOf(br.nextElementSibling));"
+        )
     finally:
         driver.quit()
 
     assert shot.is_file() and shot.stat().st_size > 0
     # Every word the page showed was stored, in order, and the stream is closed.
-    assert [w.text for w in store.words("acme", session)] == shown
+    stored = store.words("acme", session)
+    assert [w.text for w in stored] == shown
+    assert breaks == [w.seq + 1 for w in stored[:-1] if w.utterance_end]
     assert store.stream("acme", session).status is StreamStatus.ENDED
     request = urllib.request.Request(
         f"{SERVICE_URL}/v1/streams/{session}/transcript.vtt", headers={"Authorization": f"Bearer {key}"}

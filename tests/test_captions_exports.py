@@ -12,6 +12,7 @@ class W:
     text: str
     start: float
     end: float
+    utterance_end: bool = False
 
 
 def steady(texts: list[str], step: float = 0.3, t0: float = 0.0) -> list[W]:
@@ -93,3 +94,9 @@ def test_json_keeps_meta_words_and_text():
         "text": "hi there",
         "words": [{"text": "hi", "start": 0.123, "end": 0.5}, {"text": "there", "start": 0.5, "end": 0.9}],
     }
+
+
+def test_an_utterance_end_starts_a_new_cue_and_is_in_the_json():
+    words = steady(["one", "two"]) + [W("three", 0.6, 0.9, utterance_end=True)] + steady(["four"], t0=0.9)
+    assert [cue.text_lines() for cue in build_cues(words)] == [["one two three"], ["four"]]
+    assert to_json(words, {})["words"][2] == {"text": "three", "start": 0.6, "end": 0.9, "utterance_end": True}

@@ -32,7 +32,7 @@ def env(tmp_path: Path):
     hub = CaptionHub()
     client = TestClient(Starlette(routes=caption_routes(store, auth, hub)))
     store.open_stream("acme", "s1", "en", 5)
-    store.append_words("acme", "s1", 0, [("hello", 0.0, 0.5), ("world", 0.5, 1.0)])
+    store.append_words("acme", "s1", 0, [("hello", 0.0, 0.5, False), ("world", 0.5, 1.0, True)])
     return store, hub, client
 
 
@@ -148,7 +148,7 @@ def test_events_of_a_stream_published_elsewhere_come_from_the_database(env, monk
         first = next(lines)
         assert [w["text"] for w in first["words"]] == ["hello", "world"]
         # Another replica commits a word and ends the stream.
-        store.append_words("acme", "s1", 2, [("again", 1.0, 1.4)])
+        store.append_words("acme", "s1", 2, [("again", 1.0, 1.4, False)])
         store.close_stream("acme", "s1", StreamStatus.ENDED)
         rest = list(lines)
     assert [w["text"] for e in rest if e["type"] == "words" for w in e["words"]] == ["again"]

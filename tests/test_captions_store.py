@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from captions.errors import BadRequest, TokenExpired, Unauthorized, UnknownStream
 from captions.store import StreamStatus, TranscriptStore
@@ -18,30 +19,46 @@ def store(tmp_path: Path) -> TranscriptStore:
 
 def test_append_is_idempotent_and_ordered(store: TranscriptStore):
     assert store.open_stream("acme", "s1", "en", max_concurrent=5)
-    store.append_words("acme", "s1", 0, [("hello", 0.0, 0.4), ("world", 0.4, 0.8)])
+    store.append_words("acme", "s1", 0, [("hello", 0.0, 0.4, False), ("world", 0.4, 0.8, True)])
     # A replay after re-homing re-sends seq 1 (with slightly different timing) and adds seq 2.
-    store.append_words("acme", "s1", 1, [("world", 0.41, 0.79), ("again", 0.8, 1.2)])
+    store.append_words("acme", "s1", 1, [("world", 0.41, 0.79, False), ("again", 0.8, 1.2, False)])
     got = store.words("acme", "s1")
     assert [(w.seq, w.text, w.start) for w in got] == [(0, "hello", 0.0), (1, "world", 0.4), (2, "again", 0.8)]
     assert [w.text for w in store.words("acme", "s1", after_seq=1)] == ["again"]
+    assert [w.utterance_end for w in got] == [False, True, False]
+
+
+def test_a_database_from_before_utterance_ends_gains_the_column(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    old = sa.create_engine(url)
+    with old.begin() as conn:  # the words table as it was created before the column existed
+        conn.execute(sa.text("CREATE TABLE words (stream_id VARCHAR(64) NOT NULL, seq INTEGER NOT NULL, "
+                             "text TEXT NOT NULL, start_s FLOAT NOT NULL, end_s FLOAT NOT NULL, "
+                             "PRIMARY KEY (stream_id, seq))"))
+        conn.execute(sa.text("INSERT INTO words VALUES ('s1', 0, 'old', 0.0, 0.5)"))
+    old.dispose()
+    store = TranscriptStore(url)
+    store.open_stream("acme", "s1", None, 5)
+    store.append_words("acme", "s1", 1, [("new", 0.5, 0.9, True)])
+    assert [(w.text, w.utterance_end) for w in store.words("acme", "s1")] == [("old", False), ("new", True)]
 
 
 def test_words_survive_a_new_store_on_the_same_database(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     first = TranscriptStore(url)
     first.open_stream("acme", "s1", None, 5)
-    first.append_words("acme", "s1", 0, [("kept", 0.0, 0.5)])
+    first.append_words("acme", "s1", 0, [("kept", 0.0, 0.5, False)])
     first.engine.dispose()  # the replica restarts
     assert [w.text for w in TranscriptStore(url).words("acme", "s1")] == ["kept"]
 
 
 def test_other_tenant_sees_unknown_stream(store: TranscriptStore):
     store.open_stream("acme", "s1", "en", 5)
-    store.append_words("acme", "s1", 0, [("secret", 0.0, 0.5)])
+    store.append_words("acme", "s1", 0, [("secret", 0.0, 0.5, False)])
     for read in (
         lambda: store.stream("globex", "s1"),
         lambda: store.words("globex", "s1"),
-        lambda: store.append_words("globex", "s1", 1, [("x", 1.0, 1.2)]),
+        lambda: store.append_words("globex", "s1", 1, [("x", 1.0, 1.2, False)]),
         lambda: store.create_viewer_token("globex", "s1", 60),
         lambda: store.resume_stream("globex", "s1", 5),
     ):

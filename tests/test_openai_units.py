@@ -259,7 +259,7 @@ def test_the_prompt_leads_every_incarnations_context() -> None:
     session = Session(language="en", max_replay_s=30.0, prompt="  Qwen, Ray Serve ")
     assert session.context() == "Qwen, Ray Serve"
     session.add_audio(np.zeros(SAMPLE_RATE, np.float32))
-    session.mark_sent(SAMPLE_RATE)
+    session.mark_sent(session.unsent(SAMPLE_RATE))
     session.add_words([{"text": "hello", "start": 0.1, "end": 0.5}], "en", 1.0)
     session.rehome()
     assert session.context() == "Qwen, Ray Serve hello"

@@ -32,7 +32,7 @@ from deployments.session import SessionWord
 from engine.features import SAMPLE_RATE
 
 from .audio_encode import encode
-from .conftest import SERVICE_PORT, SERVICE_URL, Tenants, noise
+from .conftest import SERVICE_PORT, SERVICE_URL, Tenants, noise, speech
 from .service_client import WS_URL
 
 # OpenAI's Realtime PCM rate.
@@ -75,12 +75,12 @@ def pcm16(samples: np.ndarray) -> bytes:
 
 
 def session_words(words: list[dict]) -> list[SessionWord]:
-    return [SessionWord(w["text"], w["start"], w["end"]) for w in words]
+    return [SessionWord(w["text"], w["start"], w["end"], w.get("utterance_end", False)) for w in words]
 
 
 @pytest.fixture(scope="module")
 def samples() -> np.ndarray:
-    return noise(5.0, seed=31)
+    return speech(5.0, seed=31)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_every_response_format_gives_the_native_words(service, samples, key: str
     assert results["srt"] == to_srt(session_words(words))
     assert results["vtt"] == to_vtt(session_words(words))
     verbose = results["verbose"]
-    assert [{"text": w.word, "start": w.start, "end": w.end} for w in verbose.words] == words
+    assert [(w.word, w.start, w.end) for w in verbose.words] == [(w["text"], w["start"], w["end"]) for w in words]
     assert verbose.text == text and verbose.language == "english" and verbose.duration == pytest.approx(5.0)
     assert " ".join(s.text for s in verbose.segments) == text
     assert verbose.segments[0].start == words[0]["start"] and verbose.segments[-1].end == words[-1]["end"]

@@ -22,14 +22,14 @@ import soundfile
 from client.stream import CaptionStream
 from deployments.run import APP, app_config, deploy
 
-from .conftest import SERVICE_URL, Tenants, noise, service_config
+from .conftest import SERVICE_URL, Tenants, noise, service_config, speech
 from .service_client import WS_URL, send_and_drop, stream_samples
 
 
 @pytest.fixture(scope="module")
 def wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("service") / "noise.wav"
-    soundfile.write(str(path), noise(6.0, seed=11), 16_000, subtype="PCM_16")
+    path = tmp_path_factory.mktemp("service") / "speech.wav"
+    soundfile.write(str(path), speech(6.0, seed=11), 16_000, subtype="PCM_16")
     return path
 
 
@@ -52,7 +52,7 @@ def model_replicas(serve) -> int:
 def cli_words(path: Path, model: Path) -> list[dict]:
     proc = subprocess.run(
         [sys.executable, "-m", "engine.transcribe", str(path), "--model", str(model), "--language", "en",
-         "--chunk-ms", "100", "--dtype", "float32", "--jsonl"],
+         "--chunk-ms", "100", "--dtype", "float32", "--vad", "--max-step-s", "0.5", "--jsonl"],
         capture_output=True, text=True, timeout=300, check=True,
     )
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -203,21 +203,23 @@ def test_healthz_and_transcribe(service, wav: Path, key: str) -> None:
 
 
 async def stream_until(stop: asyncio.Event, key: str, seed: int) -> dict:
-    """A stream of noise at real-time pace until `stop` is set; its final frame."""
-    chunk = noise(0.1, seed=seed)
-    pcm = (chunk * 32767).astype("<i2").tobytes()
+    """A stream of speech (looped) at real-time pace until `stop` is set; its final frame."""
+    pcm = (speech(10.0, seed=seed) * 32767).astype("<i2").tobytes()
+    step = 3200  # 100 ms of 16-bit samples
     async with CaptionStream(WS_URL, language="en", api_key=key) as stream:
         async def send() -> None:
             started, i = time.monotonic(), 0
             while not stop.is_set():
+                await asyncio.sleep(max(0.0, started + 0.1 * (i + 1) - time.monotonic()))
+                await stream.send_audio(pcm[(i * step) % len(pcm) :][:step])
                 i += 1
-                await asyncio.sleep(max(0.0, started + 0.1 * i - time.monotonic()))
-                await stream.send_audio(pcm)
             await stream.end()
 
         sender = asyncio.create_task(send())
         async for frame in stream.frames():
             assert frame["type"] != "error", frame
+            if sender.done():
+                sender.result()  # a failed sender fails the test instead of leaving the stream waiting
             if frame["type"] == "final":
                 await sender
                 return frame
@@ -249,7 +251,7 @@ def test_streams_stay_put_when_a_replica_is_added(service, key: str) -> None:
         while len(now := await loads()) < 3:
             await asyncio.sleep(0.5)
         (added,) = set(now) - first
-        late = asyncio.create_task(stream_samples(noise(6.0, seed=30), key))
+        late = asyncio.create_task(stream_samples(speech(6.0, seed=30), key))
         await asyncio.sleep(3.0)
         during = await loads()
         stop.set()

@@ -23,13 +23,13 @@ from captions.exports import to_srt, to_vtt
 from captions.store import StoredWord
 from client.stream import CaptionStream, ServiceError, pcm_chunks, send_realtime
 
-from .conftest import SERVICE_URL, Tenants, noise
+from .conftest import SERVICE_URL, Tenants, noise, speech
 from .service_client import WS_URL, send_and_drop, stream_samples
 
 
 @pytest.fixture(scope="module")
 def samples():
-    return noise(5.0, seed=21)
+    return speech(5.0, seed=21)
 
 
 async def error_codes(key_headers: dict[str, str], url: str = WS_URL) -> list[str]:
@@ -72,7 +72,8 @@ def test_transcripts_match_the_client_and_other_tenants_see_nothing(service, ten
     body = transcript.json()
     assert body["status"] == "ended" and body["stream_id"] == session_id
     assert body["words"] == words and body["text"] == final["text"]
-    stored = [StoredWord(i, w["text"], w["start"], w["end"]) for i, w in enumerate(words)]
+    stored = [StoredWord(i, w["text"], w["start"], w["end"], w.get("utterance_end", False))
+              for i, w in enumerate(words)]
     assert get(f"/v1/streams/{session_id}/transcript.vtt", acme).text == to_vtt(stored)
     assert get(f"/v1/streams/{session_id}/transcript.srt", acme).text == to_srt(stored)
 

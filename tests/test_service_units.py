@@ -59,14 +59,14 @@ def test_bad_frames_get_stable_codes(raw, code: str, fatal: bool) -> None:
 def test_session_replays_only_uncommitted_audio_and_shifts_times() -> None:
     session = Session(language="en", max_replay_s=30.0)
     session.add_audio(np.zeros(16000 * 3, np.float32))
-    session.mark_sent(16000 * 3)
+    session.mark_sent(session.unsent(16000 * 3))
     session.add_words([{"text": "a", "start": 0.5, "end": 1.0}, {"text": "b", "start": 1.0, "end": 1.5}], "en", 2.0)
-    assert session.replay_start == 24000 and len(session.replay) == 24000
+    assert session.replay_start == 24000 and session.replay.audio_samples == 24000
     first_key = session.stream_key
     session.rehome()
     assert session.stream_key != first_key and session.offset == session.sent == 24000
     assert session.context() == "a b"
-    assert len(session.unsent(10**9)) == 24000
+    assert len(session.unsent(10**9).audio) == 24000
     assert session.pending_s == 0.0, "replayed audio is not the client's backlog"
     # The new incarnation's times start at the cut.
     new = session.add_words([{"text": "c", "start": 0.2, "end": 0.6}], None, 1.0)
@@ -79,7 +79,7 @@ def test_session_replays_only_uncommitted_audio_and_shifts_times() -> None:
 def test_session_replay_cut_never_passes_unsent_audio() -> None:
     session = Session(language=None, max_replay_s=30.0)
     session.add_audio(np.zeros(16000, np.float32))
-    session.mark_sent(8000)
+    session.mark_sent(session.unsent(8000))
     session.add_words([{"text": "x", "start": 0.0, "end": 0.9}], None, 0.5)
     assert session.replay_start == 8000
 
@@ -88,7 +88,7 @@ def test_session_replay_is_bounded() -> None:
     session = Session(language=None, max_replay_s=2.0)
     for _ in range(5):
         session.add_audio(np.zeros(16000, np.float32))
-    assert len(session.replay) == 32000 and session.replay_start == 48000
+    assert session.replay.audio_samples == 32000 and session.replay_start == 48000
     assert session.sent == 48000
 
 
@@ -249,3 +249,25 @@ def test_make_run_creates_a_dev_key_once_and_passes_the_files_to_the_replicas(tm
     assert captions_env(config, tmp_path / "unused.yaml") is None
     assert app_config(config)["runtime_env"]["env_vars"]["CAPTIONS_KEYS_FILE"] == "/etc/elsewhere.yaml"
     assert not (tmp_path / "unused.yaml").exists()
+
+
+def test_session_sends_pauses_in_order_and_replays_them() -> None:
+    """The gate's pieces reach each incarnation in order: audio, the endpoint, the gap, more audio."""
+    from engine.vad import Audio, Endpoint, Gap
+
+    session = Session(language=None, max_replay_s=30.0)
+    session.add_pieces([Audio(np.ones(800, np.float32)), Endpoint(), Gap(32000), Audio(np.ones(400, np.float32))])
+    sent = []
+    while out := session.unsent(600):
+        sent.append((len(out.audio), out.pause))
+        session.mark_sent(out)
+    assert sent == [(600, None), (200, 0), (0, 32000), (400, None)]
+    assert session.sent == session.received == 800 + 32000 + 400
+    assert session.pending_s == 0.0
+    session.add_words([{"text": "a", "start": 0.0, "end": 0.05}], None, 0.05)  # cut at sample 800
+    session.rehome()
+    replayed = []
+    while out := session.unsent(10**6):
+        replayed.append((len(out.audio), out.pause))
+        session.mark_sent(out)
+    assert replayed == [(0, 0), (0, 32000), (400, None)], "the endpoint at the cut is replayed too"
