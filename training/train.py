@@ -197,10 +197,17 @@ class AsrLoss:
         """Mean -log(attention mass on the word's audio) over the guided heads."""
         if not guides:
             return torch.zeros(())
+        # One gather per head for all guides: indexing per guide cost a dense
+        # attention-sized gradient each in backward (most of a step's time).
+        sizes = torch.tensor([len(keys) for _, _, keys in guides])
+        rows = torch.repeat_interleave(torch.tensor([row for row, _, _ in guides]), sizes)
+        queries = torch.repeat_interleave(torch.tensor([query for _, query, _ in guides]), sizes)
+        keys = torch.cat([keys for _, _, keys in guides])
+        segment = torch.repeat_interleave(torch.arange(len(guides)), sizes)
         losses = []
         for layer, head in GUIDED_HEADS:
-            weights = self.attention[layer][:, head]
-            mass = torch.stack([weights[row, query, keys].sum() for row, query, keys in guides])
+            picked = self.attention[layer][rows, head, queries, keys]
+            mass = torch.zeros(len(guides), dtype=picked.dtype).index_add(0, segment, picked)
             losses.append(-torch.log(mass.clamp_min(1e-6)).mean())
         return torch.stack(losses).mean()
 
