@@ -2,7 +2,7 @@
 
     python -m training.train --corpus artifacts/corpus --out models/tiny-en [--minutes 95]
 
-(`make tiny-en` runs the four phases that made the bundled model.)
+(`make tiny-en` runs the five phases that made the bundled model.)
 
 The model is Qwen3ASRForConditionalGeneration from qwen-asr; the prompt is
 the one the engine builds (engine.prompt); the audio encoder runs batched
