@@ -44,10 +44,14 @@ MODEL ?= models/tiny-en
 run: $(STAMP)
 	$(BIN)/python -m deployments.run --config serve_config.yaml --model "$(MODEL)"
 
-# Rebuild the bundled trained model from scratch on 2 CPU cores (~4.5 h): corpus
+# Rebuild the bundled trained model from scratch on 2 CPU cores (~5.5 h): corpus
 # (~5 min); phase 1 from scratch (69 min, short clips first); phase 2 continued
 # with a restarted learning-rate schedule and all clip lengths (118 min);
-# phase 3 with more clips cut mid-speech, as streaming sees them (75 min); heads.
+# phase 3 with more clips cut mid-speech, as streaming sees them (75 min);
+# phase 4 fine-tuned from phase 3's model directory with non-speech clips and
+# speech between long silences, up to the engine's 24 s buffer (50 min);
+# phase 5 continued from phase 4's checkpoint at half the learning rate (20 min);
+# heads.
 tiny-en: sysdeps $(STAMP)
 	$(BIN)/python -m training.corpus --out artifacts/corpus --train 24000 --wav
 	$(BIN)/python -m training.train --corpus artifacts/corpus --out artifacts/tiny-en-phase1 \
@@ -55,9 +59,17 @@ tiny-en: sysdeps $(STAMP)
 	$(BIN)/python -m training.train --corpus artifacts/corpus --out artifacts/tiny-en-phase2 \
 	  --work artifacts/tiny-en-phase2.work --init-from artifacts/tiny-en-phase1.work/checkpoint.pt \
 	  --minutes 118 --expected-steps 17500 --lr 1e-3 --warmup 300 --curriculum 0
-	$(BIN)/python -m training.train --corpus artifacts/corpus --out models/tiny-en \
+	$(BIN)/python -m training.train --corpus artifacts/corpus --out artifacts/tiny-en-phase3 \
 	  --work artifacts/tiny-en-phase3.work --init-from artifacts/tiny-en-phase2.work/checkpoint.pt \
 	  --minutes 75 --expected-steps 11000 --lr 4e-4 --warmup 100 --curriculum 0 --prefix-fraction 0.6
+	$(BIN)/python -m training.train --corpus artifacts/corpus --out artifacts/tiny-en-phase4 \
+	  --work artifacts/tiny-en-phase4.work --init-from artifacts/tiny-en-phase3 --head-fit-steps 150 \
+	  --minutes 50 --schedule-by-time --lr 3e-4 --warmup 100 --curriculum 0 --prefix-fraction 0.6 \
+	  --max-clip-s 24 --nonspeech-fraction 0.08 --padded-fraction 0.1 --ctc-weight 0.2
+	$(BIN)/python -m training.train --corpus artifacts/corpus --out models/tiny-en \
+	  --work artifacts/tiny-en-phase5.work --init-from artifacts/tiny-en-phase4.work/checkpoint.pt \
+	  --minutes 20 --schedule-by-time --lr 1.5e-4 --warmup 50 --curriculum 0 --prefix-fraction 0.6 \
+	  --max-clip-s 24 --nonspeech-fraction 0.08 --padded-fraction 0.1 --ctc-weight 0.2
 	$(BIN)/python -m engine.head_detection --model models/tiny-en --clips artifacts/corpus/heldout
 
 # Re-render k8s/manifests/rayservice.yaml after editing serve_config.yaml,

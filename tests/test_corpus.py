@@ -7,10 +7,10 @@ from dataclasses import asdict
 
 import numpy as np
 
-from engine.features import SAMPLE_RATE
+from engine.features import SAMPLE_RATE, MelFrontend, StreamingMel
 from training.corpus import HELDOUT_VARIANTS, TRAIN_VARIANTS, Job, heldout_sentences, make_clip, speech_runs
 from engine.tiny_tokenizer import read_words
-from training.data import STRETCH, Corpus, stretch
+from training.data import STRETCH, Corpus, stretch, streamed_features
 
 
 def test_word_clip_has_exact_increasing_word_times() -> None:
@@ -60,14 +60,9 @@ def test_stretch_plays_faster_and_higher() -> None:
 
 def test_examples_keep_word_times_on_the_stretched_audio(tmp_path) -> None:
     """Every drawn example's word spans lie on its (stretched, maybe cut) audio, and its words are heard."""
-    clip, samples = make_clip(Job(0, "t", 0, "the black cat sat down", "words", TRAIN_VARIANTS)) or (None, None)
-    assert clip is not None
-    split = tmp_path / "train"
-    split.mkdir()
-    (split / "audio.i16").write_bytes(samples.tobytes())
-    (split / "manifest.jsonl").write_text(json.dumps(asdict(clip)) + "\n")
-    corpus, rng = Corpus(split), np.random.default_rng(0)
-    seconds = len(samples) / SAMPLE_RATE
+    corpus, clip = one_clip_corpus(tmp_path)
+    rng = np.random.default_rng(0)
+    seconds = clip.samples / SAMPLE_RATE
     for _ in range(40):
         ex = corpus.example(0, rng, ["word"])
         audio_s = len(ex.audio) / SAMPLE_RATE
@@ -75,3 +70,57 @@ def test_examples_keep_word_times_on_the_stretched_audio(tmp_path) -> None:
         assert ex.spans and all(0 <= a < b <= audio_s + 1e-3 for _, a, b in ex.spans)
         ends = {w: b for w, _, b in ex.spans}
         assert ex.words == clip.text.split()[: len(ex.words)] and all(ends[w] <= audio_s for w in ex.words)
+
+
+def one_clip_corpus(tmp_path, text: str = "the black cat sat down") -> tuple[Corpus, object]:
+    clip, samples = make_clip(Job(0, "t", 0, text, "words", TRAIN_VARIANTS)) or (None, None)
+    assert clip is not None
+    split = tmp_path / "train"
+    split.mkdir()
+    (split / "audio.i16").write_bytes(samples.tobytes())
+    (split / "manifest.jsonl").write_text(json.dumps(asdict(clip)) + "\n")
+    return Corpus(split), clip
+
+
+def test_streamed_features_are_what_a_live_stream_computes() -> None:
+    """Quiet audio before loud: each frame is floored by the maximum seen so far, as StreamingMel does."""
+    from transformers import WhisperFeatureExtractor
+
+    frontend = MelFrontend(WhisperFeatureExtractor(feature_size=128).mel_filters.astype(np.float32))
+    rng = np.random.default_rng(0)
+    n = SAMPLE_RATE * 3 + 77
+    audio = (rng.standard_normal(n) * np.linspace(1e-5, 0.5, n)).astype(np.float32)
+    audio[: SAMPLE_RATE // 2] = 0.0
+    step = SAMPLE_RATE // 2
+    live = StreamingMel(frontend)
+    expected = np.concatenate([live.push(audio[i : i + step]) for i in range(0, n, step)] + [live.flush()], axis=1)
+    got = streamed_features(frontend, audio, step)
+    assert got.shape == expected.shape and np.allclose(got, expected, atol=1e-5)
+    assert not np.allclose(got, frontend.offline(audio), atol=0.1)  # the start differs from offline
+
+
+def test_extras_nonspeech_and_padded_examples(tmp_path) -> None:
+    corpus, clip = one_clip_corpus(tmp_path)
+    corpus.add_extras(nonspeech=20.0, padded=20.0, max_s=24.0, rng=np.random.default_rng(1))
+    kinds = [e.kind for e in corpus.extras]
+    assert kinds.count("nonspeech") == 20 and kinds.count("padded") == 20 and len(corpus) == 41
+    assert all(corpus.seconds(i) <= 24.0 for i in range(len(corpus)))
+    rng, seen = np.random.default_rng(2), set()
+    for index in range(1, len(corpus)):
+        extra, ex = corpus.extras[index - 1], corpus.example(index, rng, ["word"], prefix_fraction=0.5)
+        audio_s = len(ex.audio) / SAMPLE_RATE
+        assert ex.streamed and audio_s <= 24.0 + 1e-3 and np.abs(ex.audio).max() <= 1.0
+        if extra.kind == "nonspeech":
+            # No words: "language None", or the end of text after a given language.
+            assert ex.words == [] and ex.spans == [] and ex.silence != ex.language_given
+            assert abs(audio_s - extra.seconds) < 1e-3
+            seen.add("given" if ex.language_given else "none")
+            continue
+        assert not ex.language_given and ex.spans is not None
+        assert all(extra.lead_s - 1e-3 <= a < b <= audio_s + 1e-3 for _, a, b in ex.spans)
+        ends = {w: b for w, _, b in ex.spans}
+        assert ex.words == clip.text.split()[: len(ex.words)] and all(ends[w] <= audio_s for w in ex.words)
+        if ex.silence:
+            assert ex.words == [] and ex.spans == []  # cut before the speech began
+        seen.add("padded-whole" if len(ex.words) == len(clip.words) else "padded-cut")
+    assert seen == {"given", "none", "padded-whole", "padded-cut"}

@@ -20,9 +20,11 @@ from engine.config import EngineConfig
 from engine.head_detection import detect, load_timed_clips
 from engine.heads import read_heads_file
 from engine.loader import load_model
+from engine.scheduler import Scheduler
 from engine.tiny_tokenizer import read_words
-from engine.transcribe import transcribe_file
+from engine.transcribe import transcribe, transcribe_file
 from training.corpus import HELDOUT_VARIANTS, Job, heldout_sentences, make_clip
+from training.nonspeech import evaluation_signals, speech_then_silence
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "tiny-en"
 
@@ -97,3 +99,28 @@ def test_heads_detection_finds_heads_better_than_random(model, clips: Path) -> N
     shipped = read_heads_file(MODEL_DIR / "alignment_heads.json", model.spec)
     # Several heads align almost equally well: the shipped best must be one of the good ones here too.
     assert found.scores[shipped[0]] >= 0.8 * best, (shipped[0], found.scores)
+
+
+def stream(model, samples, language: str | None = None, chunk_ms: float = 100.0):
+    """A live stream with the CLI's default settings."""
+    cfg = EngineConfig(model=str(MODEL_DIR), device="cpu", max_streams=1, max_batch=1)
+    return transcribe(Scheduler(cfg, model), samples, chunk_ms, language)
+
+
+def test_no_words_where_nobody_speaks(model) -> None:
+    """Silence, noise colours and levels, a tone, hum, a chirp, clicks (20-60 s each): nothing to write."""
+    heard = {}
+    for name, make in evaluation_signals():
+        result = stream(model, make())
+        if result.words:
+            heard[name] = result.text
+    assert heard == {}
+
+
+@pytest.mark.parametrize("language", [None, "en"])
+def test_a_sentence_then_silence_gains_no_words(model, language: str | None) -> None:
+    """A held-out 10-word sentence, then 20 s of digital silence: the silence adds no words."""
+    samples, text, _ = speech_then_silence(10, 12.0, 20.0)
+    result = stream(model, samples, language)
+    measures = jiwer.process_words(text, result.text)
+    assert measures.insertions == 0 and len(result.words) <= len(text.split()), (text, result.text)

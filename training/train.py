@@ -2,7 +2,7 @@
 
     python -m training.train --corpus artifacts/corpus --out models/tiny-en [--minutes 95]
 
-(`make tiny-en` runs the three phases that made the bundled model.)
+(`make tiny-en` runs the five phases that made the bundled model.)
 
 The model is Qwen3ASRForConditionalGeneration from qwen-asr; the prompt is
 the one the engine builds (engine.prompt); the audio encoder runs batched
@@ -49,7 +49,7 @@ from engine.timing import AudioGrid
 from engine.tiny import TinyDims, random_model, save_checkpoint
 from engine.tiny_tokenizer import read_words
 from engine.transcribe import transcribe
-from training.data import PREFIX_FRACTION, Corpus, Example
+from training.data import PREFIX_FRACTION, Corpus, Example, features
 
 log = logging.getLogger("training")
 
@@ -118,29 +118,30 @@ class AsrLoss:
         for layer in {layer for layer, _ in GUIDED_HEADS}:
             self.thinker.model.layers[layer].self_attn.register_forward_hook(self._keep_attention(layer))
 
-    def target(self, example: Example) -> tuple[list[int], list[int], list[int]]:
-        """(assistant ids, transcript ids, word index of each transcript id)."""
+    def target(self, example: Example) -> tuple[list[int], list[int], list[int], int]:
+        """(assistant ids, transcript ids, word index of each transcript id, leading ids given, not learned)."""
         text, word_of = [], []
         for j, word in enumerate(example.words):
             # Byte-level BPE splits at spaces, so word by word equals the whole text.
             ids = self.tokenizer.encode(word if j == 0 else " " + word, add_special_tokens=False)
             text += ids
             word_of += [j] * len(ids)
-        language = "None" if example.silence else "English"
-        return list(self.template.language_prefix(language)) + text + [self.im_end], text, word_of
+        prefix = list(self.template.language_prefix("None" if example.silence else "English"))
+        given = len(prefix) if example.language_given else 0
+        return prefix + text + [self.im_end], text, word_of, given
 
     def __call__(self, examples: list[Example], mels: list[np.ndarray]) -> dict[str, torch.Tensor]:
         audio = self.encoder.encode(mels)
         rows, label_rows, label_cols, label_ids, texts, guides = [], [], [], [], [], []
         for b, (example, embeds) in enumerate(zip(examples, audio)):
-            target, text, word_of = self.target(example)
+            target, text, word_of, given = self.target(example)
             context = self.tokenizer.encode(example.context, add_special_tokens=False) if example.context else []
             layout = self.template.build(context, embeds.shape[0], target)
             rows.append(layout)
             first = len(layout.ids) - len(target)
-            label_rows += [b] * len(target)
-            label_cols += list(range(first - 1, len(layout.ids) - 1))
-            label_ids += target
+            label_rows += [b] * (len(target) - given)
+            label_cols += list(range(first - 1 + given, len(layout.ids) - 1))
+            label_ids += target[given:]
             texts.append(text)
             if example.spans:
                 text_start = first - 1 + len(target) - len(text) - 1
@@ -196,10 +197,17 @@ class AsrLoss:
         """Mean -log(attention mass on the word's audio) over the guided heads."""
         if not guides:
             return torch.zeros(())
+        # One gather per head for all guides: indexing per guide cost a dense
+        # attention-sized gradient each in backward (most of a step's time).
+        sizes = torch.tensor([len(keys) for _, _, keys in guides])
+        rows = torch.repeat_interleave(torch.tensor([row for row, _, _ in guides]), sizes)
+        queries = torch.repeat_interleave(torch.tensor([query for _, query, _ in guides]), sizes)
+        keys = torch.cat([keys for _, _, keys in guides])
+        segment = torch.repeat_interleave(torch.arange(len(guides)), sizes)
         losses = []
         for layer, head in GUIDED_HEADS:
-            weights = self.attention[layer][:, head]
-            mass = torch.stack([weights[row, query, keys].sum() for row, query, keys in guides])
+            picked = self.attention[layer][rows, head, queries, keys]
+            mass = torch.zeros(len(guides), dtype=picked.dtype).index_add(0, segment, picked)
             losses.append(-torch.log(mass.clamp_min(1e-6)).mean())
         return torch.stack(losses).mean()
 
@@ -261,11 +269,50 @@ def init_encoder(model: torch.nn.Module, mels: list[np.ndarray], grid: AudioGrid
         tower.conv_out.weight.mul_(CONV_FEATURE_STD / std)
 
 
-def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
+def load_model_dir(model: torch.nn.Module, directory: Path) -> None:
+    """Weights of a saved model directory (float16) into the float32 training model."""
+    from safetensors.torch import load_file
+
+    state = {k: v.float() for k, v in load_file(str(directory / "model.safetensors")).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # The output layer is tied to the embeddings, so the file does not hold it.
+    if unexpected or set(missing) - {"thinker.lm_head.weight"}:
+        raise ValueError(f"{directory}: weights do not fit {DIMS}: missing {missing}, unexpected {unexpected}")
+
+
+def fit_aux_heads(
+    loss_fn: AsrLoss, model: torch.nn.Module, corpus: Corpus, batcher: Batcher, rng: np.random.Generator,
+    vocabulary: list[str], frontend: MelFrontend, steps: int, max_clip_s: float,
+) -> None:
+    """Fit the CTC blank and word-class heads (not saved in a model directory) on the frozen model.
+
+    Fine-tuning with untrained heads would send their large early losses back
+    into a trained encoder.
+    """
+    heads = list(loss_fn.ctc_head.parameters()) + list(loss_fn.frame_head.parameters())
+    optimizer = torch.optim.AdamW(heads, lr=1e-2)
+    model.requires_grad_(False)
+    for step in range(steps):
+        examples = [corpus.example(i, rng, vocabulary) for i in batcher.next(max_clip_s)]
+        with torch.no_grad():
+            audio = loss_fn.encoder.encode([features(frontend, ex) for ex in examples])
+        ctc = loss_fn._ctc(audio, [loss_fn.target(ex)[1] for ex in examples])
+        frames = loss_fn._frames(audio, examples)
+        optimizer.zero_grad(set_to_none=True)
+        (ctc + frames).backward()
+        optimizer.step()
+        if (step + 1) % 25 == 0:
+            log.info("head fit %d: ctc %.3f frames %.3f", step + 1, float(ctc.detach()), float(frames.detach()))
+    model.requires_grad_(True)
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int, progress: float | None = None) -> float:
+    """Linear warm-up, then cosine to 10% of peak over `total` steps (or by `progress`, 0-1, when given)."""
     if step < warmup:
         return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    if progress is None:
+        progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 def evaluate_wer(model: torch.nn.Module, tokenizer: object, corpus: Corpus, frontend_filters: np.ndarray, n: int) -> float:
@@ -320,7 +367,24 @@ def main(argv: list[str] | None = None) -> None:
         "--prefix-fraction", type=float, default=PREFIX_FRACTION,
         help="share of word-by-word clips cut at a random time (streaming practice)",
     )
-    parser.add_argument("--init-from", type=Path, help="start from the model weights of this --work checkpoint")
+    parser.add_argument(
+        "--init-from", type=Path,
+        help="start from the model weights of this --work checkpoint, or of a model directory (e.g. models/tiny-en)",
+    )
+    parser.add_argument("--max-clip-s", type=float, default=12.0, help="longest training clip (the curriculum's end)")
+    parser.add_argument(
+        "--nonspeech-fraction", type=float, default=0.0,
+        help="non-speech clips made at training time, as a fraction of the corpus's clips",
+    )
+    parser.add_argument(
+        "--padded-fraction", type=float, default=0.0,
+        help="corpus clips with long leading/trailing silence or noise, as a fraction of the corpus's clips",
+    )
+    parser.add_argument(
+        "--schedule-by-time", action="store_true",
+        help="learning-rate and loss-weight schedules follow wall time (--minutes), not --expected-steps",
+    )
+    parser.add_argument("--head-fit-steps", type=int, default=200, help="--init-from a model directory: fit the auxiliary heads first")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     logging.getLogger("engine").setLevel(logging.WARNING)
@@ -335,6 +399,8 @@ def main(argv: list[str] | None = None) -> None:
     filters = WhisperFeatureExtractor(feature_size=128).mel_filters.astype(np.float32)
     frontend = MelFrontend(filters)
     train, heldout = Corpus(args.corpus / "train"), Corpus(args.corpus / "heldout")
+    # Its own generator: runs without extras draw exactly what they drew before.
+    train.add_extras(args.nonspeech_fraction, args.padded_fraction, args.max_clip_s, np.random.default_rng(args.seed + 1))
     spec = model.thinker.config.audio_config
     grid = AudioGrid.from_spec(spec.n_window, spec.n_window_infer)
     init_encoder(model, [frontend.offline(train.samples(i)) for i in range(16)], grid)
@@ -348,7 +414,11 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     ckpt = args.work / "checkpoint.pt"
     step, elapsed, history = 0, 0.0, []
-    if args.init_from:
+    if args.init_from and args.init_from.is_dir():
+        load_model_dir(model, args.init_from)
+        log.info("model weights from %s; fitting the auxiliary heads (%d steps)", args.init_from, args.head_fit_steps)
+        fit_aux_heads(loss_fn, model, train, batcher, rng, vocabulary, frontend, args.head_fit_steps, args.max_clip_s)
+    elif args.init_from:
         state = torch.load(args.init_from, weights_only=False)
         model.load_state_dict(state["model"])
         ctc_head.load_state_dict(state["ctc_head"])
@@ -367,15 +437,18 @@ def main(argv: list[str] | None = None) -> None:
     started, last_ckpt, window = time.perf_counter() - elapsed, time.perf_counter(), []
     while step < args.steps and (time.perf_counter() - started) < args.minutes * 60:
         # Curriculum: short clips first, all lengths after --curriculum of the schedule.
-        max_clip = 5.0 + 7.0 * min(1.0, step / max(1.0, args.curriculum * args.expected_steps))
+        grown = min(1.0, step / max(1.0, args.curriculum * args.expected_steps))
+        max_clip = 5.0 + (args.max_clip_s - 5.0) * grown
         indices = batcher.next(max_clip)
         examples = [train.example(i, rng, vocabulary, args.prefix_fraction) for i in indices]
-        mels = [frontend.offline(ex.audio) for ex in examples]
+        mels = [features(frontend, ex) for ex in examples]
         losses = loss_fn(examples, mels)
-        ctc_weight = args.ctc_weight * max(0.2, 1.0 - step / args.expected_steps)
+        # --schedule-by-time: on a shared machine the step rate is unknown in advance.
+        timed = (time.perf_counter() - started) / (args.minutes * 60) if args.schedule_by_time else None
+        ctc_weight = args.ctc_weight * max(0.2, 1.0 - (step / args.expected_steps if timed is None else timed))
         total = losses["ce"] + ctc_weight * (losses["ctc"] + losses["frames"]) + args.guide_weight * losses["guide"]
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args.expected_steps, args.lr, args.warmup)
+            group["lr"] = learning_rate(step, args.expected_steps, args.lr, args.warmup, timed)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
