@@ -46,6 +46,8 @@ class Transcription:
     words: list[tuple[Word, float]] = field(default_factory=list)
     audio_s: float = 0.0
     compute_s: float = 0.0
+    # Of compute_s, the voice activity gate's share (the service runs it in the ingest, batched).
+    vad_s: float = 0.0
     language: str | None = None
 
     @property
@@ -58,6 +60,7 @@ class Transcription:
             "mode": mode,
             "audio_s": round(self.audio_s, 3),
             "compute_s": round(self.compute_s, 3),
+            "vad_s": round(self.vad_s, 3),
             "rtf": round(self.compute_s / self.audio_s, 4) if self.audio_s else None,
             "words": len(self.words),
             "language": self.language,
@@ -105,7 +108,9 @@ def transcribe(
         if gate is None:
             engine.feed(STREAM_ID, samples[begin : begin + chunk])
         else:
+            gated = time.perf_counter()
             (pieces,) = gate.process([(state, samples[begin : begin + chunk])])
+            out.vad_s += time.perf_counter() - gated
             feed_pieces(engine, STREAM_ID, pieces)
         while engine.has_work():
             _collect(out, engine.step().events, on_word)
