@@ -475,6 +475,7 @@ class Scheduler:
         if row.committed:
             state.last_s = row.last_s
             state.last_word_s = row.committed[-1][1]
+            state.left_out_s = 0.0
             state.last_word_start_s, state.last_word_token = row.last_word_s, row.last_word_token
             state.consumed_s = max(state.consumed_s, state.last_word_s)
         if row.boundary_s is not None:
@@ -488,7 +489,7 @@ class Scheduler:
         state.cached_windows = state.buffer_frames // self.grid.window_frames
         state.kv_reuse = row.layout.audio_pos + state.cached_windows * self.grid.tokens_per_window
         state.decoded_frames = state.buffer_frames
-        if ended_text and state.audio_end_s - state.last_word_s >= self.cfg.silence_reset_s:
+        if ended_text and state.audio_end_s - state.last_word_s - state.left_out_s >= self.cfg.silence_reset_s:
             self._reset_context(state)
         if (ended_text and not state.words.pending and not row.final
                 and state.audio_end_s - state.last_word_end_s >= self.cfg.endpoint_s):
@@ -539,6 +540,7 @@ class Scheduler:
     def _new_segment(self, state: StreamState, gap: int) -> None:
         """The next audio starts `gap` samples after the last: an empty buffer there, fresh features."""
         state.samples_seen += gap
+        state.left_out_s += gap / SAMPLE_RATE
         state.mel = StreamingMel(self.frontend, running_max=state.mel.running_max)
         state.buffer.drop_front(state.buffer_frames)
         # Floor to a frame: a timestamp is off by less than one 10 ms hop, and it never adds up

@@ -143,8 +143,10 @@ class StreamState:
     last_s: float = float("-inf")
     # Audio up to here is transcribed (no uncommitted speech before it).
     consumed_s: float = 0.0
-    # Stream time of the last committed token (silence detection).
+    # Stream time of the last committed token (silence detection), and of the audio since
+    # then the seconds left out in pauses (a VAD gap is not silence the model heard).
     last_word_s: float = 0.0
+    left_out_s: float = 0.0
     # Start and first token of the last committed word: a word never starts
     # again at or before it (the committed timeline only moves forward).
     last_word_start_s: float = float("-inf")

@@ -291,3 +291,23 @@ def test_scale_down_drains_a_replica_and_its_streams_rehome(service, samples, ti
     assert sum(r.final["rehomes"] for r in results) >= 1
     for r in results:
         assert r.final["words"] == r.words
+
+
+def test_non_speech_gives_no_words_and_silence_an_empty_final(service, key: str) -> None:
+    """The 14 non-speech signals (20-60 s: silence, noise colours and levels, tone, hum, chirp,
+    clicks), streamed together: the ingest's voice activity gate leaves them out, so not one word
+    (even from this random model, which writes words on anything it hears); a silent stream ends
+    with an empty final."""
+    from training.nonspeech import evaluation_signals
+
+    signals = evaluation_signals()
+
+    async def run():
+        # 3x real time: nothing reaches a model replica, so nothing is pending for long.
+        return await asyncio.gather(*(stream_samples(make(), key, speed=3.0) for _, make in signals))
+
+    results = asyncio.run(run())
+    heard = {name: r.final["text"] for (name, _), r in zip(signals, results) if r.words or r.final["words"]}
+    assert heard == {}
+    silent = results[0].final
+    assert silent["text"] == "" and silent["words"] == [] and silent["rehomes"] == 0
