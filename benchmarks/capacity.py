@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/capacity.py [--streams 8,16,32,48,64,80] [--seconds 60]
     .venv/bin/python benchmarks/capacity.py --engine-only [--threads 2]
+    .venv/bin/python benchmarks/capacity.py --engine-only --arch 0.6b --device cuda --streams 128,256,400,512
     .venv/bin/python benchmarks/capacity.py --url ws://HOST:8000/v1/stream --key KEY   # a service already running
 
 The workload is what users have (benchmarks/workload.py): ~60 s streams of
@@ -24,6 +25,13 @@ Then the largest N with lag p95 <= --max-lag-s and no errors.
 --engine-only feeds the same streams on the same clock straight into one
 engine Scheduler in this process (no Ray, no network): the engine's own
 capacity, so the service's overhead is the gap between the two lines.
+
+--arch 0.6b|1.7b (engine only) swaps the model for random weights of a real
+Qwen3-ASR size (bf16 on a GPU) under the same schedule and gate; random
+weights never end their text, so each step decodes the token rate of the
+streams' real speech (--tokens-per-s; default 1.3 tokens per reference word
+per second of speech). These are kernel figures for sizing GPUs: the lag
+columns hold (the step keeps up or not), WER is meaningless.
 """
 
 from __future__ import annotations
@@ -59,6 +67,9 @@ CHUNK_S = 0.1
 BENCH_TENANT = "bench"
 # Process groups whose CPU time is reported, by a piece of their Ray process title.
 GROUPS = {"proxy": "ProxyActor", "ingest": "ServeReplica:captions:Ingest", "model": "ServeReplica:captions:ASRModel"}
+# Qwen's byte-level BPE spends about 1.3 tokens per English word (random-weight runs decode
+# this many tokens per word of the workload's reference text, per second of speech).
+TOKENS_PER_WORD = 1.3
 COUNTERS = ("step_seconds", "encode_seconds", "prefill_seconds", "decode_seconds", "steps", "forwards", "batch_rows")
 
 
@@ -333,6 +344,7 @@ def engine_level(scheduler: Any, streams: list[Stream], stagger_s: float,
     feeder.start()
     finished = 0
     busy = False
+    forward_times: list[float] = []
     while finished < len(streams):
         if failed:
             raise RuntimeError("feeding failed") from failed[0]
@@ -342,6 +354,7 @@ def engine_level(scheduler: Any, streams: list[Stream], stagger_s: float,
         stats = result.stats
         busy = stats.batch > 0
         if busy:
+            forward_times.append(stats.total_s)
             for name, value in (("step_seconds", stats.total_s), ("encode_seconds", stats.encode_s),
                                 ("prefill_seconds", stats.prefill_s), ("decode_seconds", stats.decode_s),
                                 ("steps", stats.steps), ("forwards", stats.forwards), ("batch_rows", stats.batch)):
@@ -360,6 +373,7 @@ def engine_level(scheduler: Any, streams: list[Stream], stagger_s: float,
                 run.error = event.code
                 finished += 1
     feeder.join()
+    totals["forward_p95_s"] = float(np.percentile(forward_times, 95)) if forward_times else float("nan")
     return runs, totals, time.process_time() - cpu0
 
 
@@ -367,17 +381,31 @@ def run_engine(args: argparse.Namespace, streams: list[Stream], levels: list[int
     import torch
 
     from engine.config import EngineConfig
-    from engine.loader import load_model
     from engine.core import Engine
+    from engine.loader import load_model, resolve_dtype
+    from engine.tiny import random_loaded
 
     torch.set_num_threads(args.threads)
-    model = load_model(args.model, args.device, args.dtype)
+    fixed = None
+    if args.arch is not None and args.tokens_per_s is None:
+        speech_s = sum(u.end - u.start for s in streams for u in s.utterances)
+        args.tokens_per_s = TOKENS_PER_WORD * sum(len(s.text.split()) for s in streams) / speech_s
+    if args.arch is None:
+        model = load_model(args.model, args.device, args.dtype)
+        name = args.model
+    else:
+        # Random weights never end their text: decode the token rate real speech has instead.
+        model = random_loaded(args.arch, 0, args.device, resolve_dtype(args.dtype, torch.device(args.device)))
+        name = f"random {args.arch} (kernel figures: {args.tokens_per_s:.1f} tokens per second of audio sent)"
+        fixed = args.tokens_per_s
     vad = None if args.no_vad else VadConfig()
-    print(f"engine only: {args.model} on {model.device} ({model.dtype}), torch threads {torch.get_num_threads()}, "
+    print(f"engine only: {name} on {model.device} ({model.dtype}), torch threads {torch.get_num_threads()}, "
           f"VAD {'off' if vad is None else 'on'}")
     rows = []
     for n in levels:
-        cfg = EngineConfig(model=args.model, device=args.device, dtype=args.dtype, max_streams=max(n, 1), max_batch=max(n, 1))
+        cfg = EngineConfig(model=args.model if args.arch is None else model.name, device=args.device,
+                           dtype=str(model.dtype).removeprefix("torch."), max_streams=max(n, 1), max_batch=max(n, 1),
+                           fixed_tokens_per_s=fixed)
         scheduler = Engine(cfg, model)
         if args.warmup_s > 0:
             warm = Stream(streams[0].samples[: int(args.warmup_s * SAMPLE_RATE)], [])
@@ -430,6 +458,9 @@ def summarise(n: int, streams: list[Stream], runs: list[StreamRun], wall: float,
     # Rows per forward, and forwards one stream's step takes (its prefill and each decoded token).
     row["mean_batch"] = rows / forwards if forwards else float("nan")
     row["forwards_per_step"] = rows / steps if steps else float("nan")
+    if "forward_p95_s" in counters:
+        # A stream's step is forwards_per_step forwards: it keeps up while that fits its step interval.
+        row["forward_p95_s"] = counters["forward_p95_s"]
     return row
 
 
@@ -452,7 +483,8 @@ def print_row(row: dict) -> None:
           f"utterance-final {fmt(row['lag_final'])}  words/s {row['words_per_s']:6.1f}  errors {errors}  "
           f"WER {100 * row['wer']:4.1f}%", flush=True)
     print(f"         CPU: {cpu}  | split: {split}  | batch {row['mean_batch']:.1f}  "
-          f"forwards/step {row['forwards_per_step']:.1f}  replicas {row['model_replicas']}", flush=True)
+          f"forwards/step {row['forwards_per_step']:.1f}  replicas {row['model_replicas']}"
+          + (f"  forward p95 {1000 * row['forward_p95_s']:.1f} ms" if "forward_p95_s" in row else ""), flush=True)
 
 
 def main() -> int:
@@ -465,6 +497,12 @@ def main() -> int:
     parser.add_argument("--model", default="models/tiny-en")
     parser.add_argument("--engine-only", action="store_true")
     parser.add_argument("--no-vad", action="store_true", help="engine only: no voice activity gate in front")
+    parser.add_argument("--arch", choices=("tiny", "0.6b", "1.7b"), default=None,
+                        help="engine only: a random-weight model of this real architecture instead of --model "
+                             "(GPU sizing: kernel figures, WER meaningless)")
+    parser.add_argument("--tokens-per-s", type=float, default=None,
+                        help="with --arch: transcript tokens decoded per second of audio the engine gets "
+                             f"(default: {TOKENS_PER_WORD} per word of the streams' speech)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="engine only: torch threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
