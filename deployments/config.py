@@ -42,13 +42,17 @@ class IngestConfig:
     placement_refresh_s: float = 1.0
     # Re-homing attempts in a row before the stream fails with `unavailable`.
     max_rehomes: int = 5
+    # A stream that sends no audio this long is closed (`idle_timeout`) and its slot freed;
+    # a socket must send `start` within handshake_timeout_s.
+    idle_timeout_s: float = 15.0
+    handshake_timeout_s: float = 10.0
     # The voice activity gate in front of the model (engine/vad.py), and how often it scores.
     vad: VadConfig = field(default_factory=VadConfig)
     vad_tick_s: float = 0.04
 
     def __post_init__(self) -> None:
         for name in ("max_pending_s", "max_replay_s", "max_send_s", "resume_grace_s", "tick_s", "events_wait_s",
-                     "placement_refresh_s", "vad_tick_s"):
+                     "placement_refresh_s", "vad_tick_s", "idle_timeout_s", "handshake_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ingest.{name} must be > 0")
         if self.max_frame_bytes < 1024 or self.max_rehomes < 1:

@@ -158,7 +158,12 @@ class Ingest:
             await ws.close(code)
 
     async def _handshake(self, ws: WebSocket, sink: Sink, tenant: Tenant) -> tuple[Relay, AudioDecoder]:
-        frame = protocol.parse_client_frame(await _receive(ws), self.cfg.ingest.max_frame_bytes)
+        wait_s = self.cfg.ingest.handshake_timeout_s
+        try:
+            first = await asyncio.wait_for(_receive(ws), wait_s)
+        except asyncio.TimeoutError:
+            raise protocol.ProtocolError("idle_timeout", f"no 'start' within {wait_s:.0f} s") from None
+        frame = protocol.parse_client_frame(first, self.cfg.ingest.max_frame_bytes)
         if not isinstance(frame, protocol.Start):
             raise protocol.ProtocolError("bad_frame", "the first frame must be 'start'")
         decoder = AudioDecoder(frame.sample_rate, frame.encoding, self.cfg.engine.max_chunk_s)
@@ -201,24 +206,40 @@ class Ingest:
         return relay
 
     async def _pump(self, ws: WebSocket, relay: Relay, decoder: AudioDecoder) -> None:
-        """Client frames -> relay, until the relay is done (final or failure)."""
+        """Client frames -> relay, until the relay is done (final or failure).
+
+        Only audio (or `end`) counts as activity: a socket that sends nothing, or
+        only frames that are refused, for idle_timeout_s is closed (`idle_timeout`).
+        """
         done = asyncio.ensure_future(relay.done.wait())
+        idle_s = self.cfg.ingest.idle_timeout_s
+        active_at = asyncio.get_running_loop().time()
+        receive: asyncio.Future | None = None
         try:
             while True:
-                receive = asyncio.ensure_future(_receive(ws))
-                await asyncio.wait({receive, done}, return_when=asyncio.FIRST_COMPLETED)
+                if receive is None:
+                    receive = asyncio.ensure_future(_receive(ws))
+                # After `end` the stream is finishing: no idle limit while its last words come.
+                left = None if relay.session.ended else active_at + idle_s - asyncio.get_running_loop().time()
+                await asyncio.wait({receive, done}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
                 if done.done():
                     receive.cancel()
                     relay.stop_tasks()
                     return
+                if not receive.done():
+                    receive.cancel()
+                    raise protocol.ProtocolError("idle_timeout", f"no audio for {idle_s:.0f} s")
+                message, receive = receive.result(), None
                 try:
-                    frame = protocol.parse_client_frame(receive.result(), self.cfg.ingest.max_frame_bytes)
+                    frame = protocol.parse_client_frame(message, self.cfg.ingest.max_frame_bytes)
                 except protocol.ProtocolError as exc:
                     if exc.fatal:
                         raise
                     self.metrics.errors.inc(tags={"code": exc.code})
                     await relay.sink(protocol.error_frame(exc.code, str(exc)))
                     continue
+                if isinstance(frame, protocol.Audio | protocol.End):
+                    active_at = asyncio.get_running_loop().time()
                 if isinstance(frame, protocol.Audio):
                     try:
                         samples = decoder.decode(frame.data)
@@ -235,6 +256,8 @@ class Ingest:
                     raise protocol.ProtocolError("bad_frame", "'start' was already sent")
         finally:
             done.cancel()
+            if receive is not None:
+                receive.cancel()
 
     async def _fail(self, ws: WebSocket, sink: Sink, code: str, message: str, relay: Relay | None) -> None:
         log.warning("stream %s: %s: %s", relay.session.session_id if relay else "-", code, message)

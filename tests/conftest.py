@@ -114,6 +114,9 @@ def service_config(tiny_dir: Path, tenants: Tenants) -> dict:
     app["args"]["engine"]["dtype"] = "float32"
     # Below one 8 s frame, so a burst is refused whatever the timing.
     app["args"]["ingest"]["max_pending_s"] = 5.0
+    # Idle sockets are closed sooner than in production, so the idle tests stay short.
+    app["args"]["ingest"]["idle_timeout_s"] = 5.0
+    app["args"]["ingest"]["handshake_timeout_s"] = 5.0
     model = next(d for d in app["deployments"] if d["name"] == "ASRModel")
     model["autoscaling_config"].update(
         min_replicas=2, max_replicas=3, upscale_delay_s=1, downscale_delay_s=600,

@@ -311,3 +311,28 @@ def test_non_speech_gives_no_words_and_silence_an_empty_final(service, key: str)
     assert heard == {}
     silent = results[0].final
     assert silent["text"] == "" and silent["words"] == [] and silent["rehomes"] == 0
+
+
+def test_idle_sockets_are_closed_and_free_their_slot(service, tenants: Tenants) -> None:
+    """A socket that never sends `start`, and a started stream that sends only junk and then
+    nothing, are closed with `idle_timeout` (the test service's limits are 5 s); the one-stream
+    tenant can open a stream right after."""
+    solo = tenants.keys["solo"]
+
+    async def run():
+        t0 = time.monotonic()
+        silent, idle = await asyncio.gather(
+            raw_exchange([], solo),
+            raw_exchange([start_frame(), msgpack.packb({"type": "flood"}), msgpack.packb({"type": "noise"})], solo),
+        )
+        waited = time.monotonic() - t0
+        async with CaptionStream(WS_URL, language="en", api_key=solo) as stream:  # the slot is free again
+            await stream.end()
+            final = [f async for f in stream.frames()][-1]
+        return silent, idle, waited, final
+
+    silent, idle, waited, final = asyncio.run(run())
+    assert [f["code"] for f in silent if f["type"] == "error"] == ["idle_timeout"]
+    assert idle[0]["type"] == "ready" and idle[-1]["type"] == "error" and idle[-1]["code"] == "idle_timeout"
+    assert 5.0 <= waited < 15.0
+    assert final["type"] == "final" and final["text"] == ""
