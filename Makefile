@@ -13,12 +13,15 @@ TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4"
 venv: $(STAMP)
 
 # espeak-ng and sox synthesise the speech that tests, training and benchmarks use.
+# postgresql: the tests run the transcript store on a throwaway live server
+# (tests/postgres.py); its binaries live off PATH, under /usr/lib/postgresql/*/bin.
 sysdeps:
 	@missing=""; for tool in espeak-ng sox; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing (Debian packages)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng sox >/dev/null; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 # Headless Chromium and its WebDriver for the browser test of the captions page.
