@@ -185,7 +185,10 @@ class TranscriptStore:
             inserted = conn.execute(
                 streams.insert().from_select(
                     ["stream_id", "tenant_id", "status", "language", "created_at", "active_at"], row
-                )
+                ),
+                # SQLAlchemy keeps an INSERT's rowcount only when asked: psycopg's cursor
+                # is closed (rowcount -1) by the time the result is returned.
+                execution_options={"preserve_rowcount": True},
             )
             return inserted.rowcount == 1
 
