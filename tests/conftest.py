@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny random checkpoint and one local Ray service per test session."""
+"""Shared fixtures: one tiny random checkpoint, one local Ray service and one PostgreSQL server per test session."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from engine.config import EngineConfig
 from engine.features import SAMPLE_RATE
+from tests.postgres import PostgresMissing, PostgresServer
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +38,38 @@ def make_scheduler(tiny_model, tiny_dir: Path):
         return Engine(EngineConfig(model=str(tiny_dir), device="cpu", dtype="float32", **overrides), tiny_model)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A live PostgreSQL server, started on first use (about a second) and stopped at the end.
+
+    Missing binaries fail the tests that need it, never skip them: `make test`
+    installs the server (`make sysdeps`), so a skip would only hide a broken setup.
+    """
+    try:
+        server = PostgresServer()
+    except PostgresMissing as err:
+        pytest.fail(str(err), pytrace=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer):
+    """The URL of a new empty database on the session's server, dropped after the test."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh transcript database of each supported kind: the store's tests run on both."""
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_url")
+    return f"sqlite:///{tmp_path / 'captions.sqlite3'}"
 
 
 def noise(seconds: float, seed: int, level: float = 0.1) -> np.ndarray:

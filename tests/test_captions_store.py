@@ -1,9 +1,11 @@
-"""Transcript store: idempotent appends, tenant isolation, viewer tokens, atomic limits."""
+"""Transcript store: idempotent appends, tenant isolation, viewer tokens, atomic limits.
+
+Every test runs on SQLite and on a live PostgreSQL (the `db_url` fixture).
+"""
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -13,8 +15,8 @@ from captions.store import StreamStatus, TranscriptStore
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> TranscriptStore:
-    return TranscriptStore(f"sqlite:///{tmp_path / 'captions.sqlite3'}")
+def store(db_url: str) -> TranscriptStore:
+    return TranscriptStore(db_url)
 
 
 def test_append_is_idempotent_and_ordered(store: TranscriptStore):
@@ -28,28 +30,26 @@ def test_append_is_idempotent_and_ordered(store: TranscriptStore):
     assert [w.utterance_end for w in got] == [False, True, False]
 
 
-def test_a_database_from_before_utterance_ends_gains_the_column(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
-    old = sa.create_engine(url)
+def test_a_database_from_before_utterance_ends_gains_the_column(db_url: str):
+    old = sa.create_engine(db_url)
     with old.begin() as conn:  # the words table as it was created before the column existed
         conn.execute(sa.text("CREATE TABLE words (stream_id VARCHAR(64) NOT NULL, seq INTEGER NOT NULL, "
                              "text TEXT NOT NULL, start_s FLOAT NOT NULL, end_s FLOAT NOT NULL, "
                              "PRIMARY KEY (stream_id, seq))"))
         conn.execute(sa.text("INSERT INTO words VALUES ('s1', 0, 'old', 0.0, 0.5)"))
     old.dispose()
-    store = TranscriptStore(url)
+    store = TranscriptStore(db_url)
     store.open_stream("acme", "s1", None, 5)
     store.append_words("acme", "s1", 1, [("new", 0.5, 0.9, True)])
     assert [(w.text, w.utterance_end) for w in store.words("acme", "s1")] == [("old", False), ("new", True)]
 
 
-def test_words_survive_a_new_store_on_the_same_database(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
-    first = TranscriptStore(url)
+def test_words_survive_a_new_store_on_the_same_database(db_url: str):
+    first = TranscriptStore(db_url)
     first.open_stream("acme", "s1", None, 5)
     first.append_words("acme", "s1", 0, [("kept", 0.0, 0.5, False)])
     first.engine.dispose()  # the replica restarts
-    assert [w.text for w in TranscriptStore(url).words("acme", "s1")] == ["kept"]
+    assert [w.text for w in TranscriptStore(db_url).words("acme", "s1")] == ["kept"]
 
 
 def test_other_tenant_sees_unknown_stream(store: TranscriptStore):
@@ -110,10 +110,9 @@ def test_concurrent_limit_counts_only_live_streams(store: TranscriptStore):
     assert store.open_stream("acme", "d", None, 2, now=1000.0 + store.stale_s + 5)
 
 
-def test_concurrent_opens_from_many_threads_respect_the_limit(tmp_path: Path):
-    # Separate stores (engines, connections) on one file stand in for several ingest replicas.
-    url = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
-    replicas = [TranscriptStore(url) for _ in range(4)]
+def test_concurrent_opens_from_many_threads_respect_the_limit(db_url: str):
+    # Separate stores (engines, connections) on one database stand in for several ingest replicas.
+    replicas = [TranscriptStore(db_url) for _ in range(4)]
     results: list[bool] = []
     lock = threading.Lock()
 
