@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
@@ -22,8 +21,8 @@ def words_msg(*words: tuple[str, float, float]) -> dict:
 
 
 @pytest.fixture
-def parts(tmp_path: Path):
-    store = TranscriptStore(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+def parts(db_url: str):
+    store = TranscriptStore(db_url)
     return store, QuotaLedger(store), CaptionHub()
 
 
