@@ -34,6 +34,9 @@ DEFAULT_DB_PATH = Path("artifacts/captions.sqlite3")
 MAX_ID_CHARS = 64
 # Viewer tokens live at most this long.
 MAX_VIEWER_TTL_S = 24 * 3600.0
+# PostgreSQL advisory lock held while a replica creates or upgrades the schema;
+# any fixed 64-bit number no other user of the database locks ("captions" in ASCII).
+SCHEMA_LOCK_KEY = 0x63617074696F6E73
 
 metadata = sa.MetaData()
 
@@ -144,8 +147,7 @@ class TranscriptStore:
         self.url = url
         self.stale_s = stale_s
         self.engine = _make_engine(url)
-        metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        _create_schema(self.engine)
 
     # ------------------------------------------------------------- streams
     def open_stream(
@@ -365,15 +367,29 @@ class TranscriptStore:
         conn.execute(dialect.insert(table).on_conflict_do_nothing(index_elements=keys), rows)
 
 
-def _add_missing_columns(engine: Engine) -> None:
+def _create_schema(engine: Engine) -> None:
+    """Missing tables and columns, in one transaction; on PostgreSQL one replica at a time.
+
+    Replicas start together: two CREATE TABLEs of one name collide in PostgreSQL's
+    catalog (a unique violation, not "already exists"), so a transaction-scoped
+    advisory lock serialises the step; PostgreSQL's DDL is transactional, so the
+    next replica sees the finished schema. SQLite serialises writers itself.
+    """
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
+        metadata.create_all(conn)
+        _add_missing_columns(conn)
+
+
+def _add_missing_columns(conn: Connection) -> None:
     """Columns added since a database was created (create_all makes only missing tables).
 
     Each has a server default, so existing rows read as before.
     """
-    present = {c["name"] for c in sa.inspect(engine).get_columns("words")}
+    present = {c["name"] for c in sa.inspect(conn).get_columns("words")}
     if "utterance_end" not in present:
-        with engine.begin() as conn:
-            conn.execute(sa.text("ALTER TABLE words ADD COLUMN utterance_end BOOLEAN NOT NULL DEFAULT FALSE"))
+        conn.execute(sa.text("ALTER TABLE words ADD COLUMN utterance_end BOOLEAN NOT NULL DEFAULT FALSE"))
 
 
 def _make_engine(url: str) -> Engine:
