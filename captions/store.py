@@ -184,14 +184,18 @@ class TranscriptStore:
                 sa.literal(now, sa.Float),
                 sa.literal(now, sa.Float),
             ).where(live < max_concurrent)
-            inserted = conn.execute(
-                streams.insert().from_select(
-                    ["stream_id", "tenant_id", "status", "language", "created_at", "active_at"], row
-                ),
-                # SQLAlchemy keeps an INSERT's rowcount only when asked: psycopg's cursor
-                # is closed (rowcount -1) by the time the result is returned.
-                execution_options={"preserve_rowcount": True},
-            )
+            try:
+                inserted = conn.execute(
+                    streams.insert().from_select(
+                        ["stream_id", "tenant_id", "status", "language", "created_at", "active_at"], row
+                    ),
+                    # SQLAlchemy keeps an INSERT's rowcount only when asked: psycopg's cursor
+                    # is closed (rowcount -1) by the time the result is returned.
+                    execution_options={"preserve_rowcount": True},
+                )
+            except sa.exc.IntegrityError as err:
+                # Another tenant opened this id since the check above: each tenant locks only its own row.
+                raise BadRequest(f"stream id {stream_id!r} is already taken") from err
             return inserted.rowcount == 1
 
     def touch(self, tenant_id: str, stream_id: str, now: float | None = None) -> None:
