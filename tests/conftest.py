@@ -50,7 +50,11 @@ def postgres_server():
     try:
         server = PostgresServer()
     except PostgresMissing as err:
-        pytest.fail(str(err), pytrace=False)
+        missing = str(err)
+    else:
+        missing = ""
+    if missing:  # failed outside the except block, so the report is the one line
+        pytest.fail(missing, pytrace=False)
     server.start()
     yield server
     server.stop()
