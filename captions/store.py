@@ -377,7 +377,8 @@ def _create_schema(engine: Engine) -> None:
     Replicas start together: two CREATE TABLEs of one name collide in PostgreSQL's
     catalog (a unique violation, not "already exists"), so a transaction-scoped
     advisory lock serialises the step; PostgreSQL's DDL is transactional, so the
-    next replica sees the finished schema. SQLite serialises writers itself.
+    next replica sees the finished schema. SQLite (one host, tests and local runs)
+    is left unguarded.
     """
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
