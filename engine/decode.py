@@ -63,6 +63,10 @@ class RowStep:
     last_s: float
     last_word_s: float
     last_word_token: int
+    # A word is in progress (committed tokens not yet a whole word). When none is, the
+    # next token starts a word even without a leading space: the first token of a
+    # transcript or of a restarted buffer has none, and it must be checked as one.
+    word_open: bool = False
     # Prompt position of `last_token`, the token the next forward feeds.
     position: int = 0
     last_token: int = -1
@@ -98,7 +102,7 @@ def advance(rows: list[RowStep], tokens: np.ndarray, frames: np.ndarray, table: 
         Rows(
             audio_end_s=np.array([r.audio_end_s for r in rows]),
             last_s=np.array([r.last_s for r in rows]),
-            new_word=table.starts_word[tokens],
+            new_word=_starts_word(rows, tokens, table),
             last_word_s=np.array([r.last_word_s for r in rows]),
             same_token=tokens == np.array([r.last_word_token for r in rows]),
             final=np.array([r.final for r in rows]),
@@ -115,6 +119,11 @@ def advance(rows: list[RowStep], tokens: np.ndarray, frames: np.ndarray, table: 
             _text_token(row, token, Verdict(verdicts[b]), float(attended[b]), table, fixed)
         elif row.phase is Phase.TENTATIVE:
             _tentative_token(row, token, table)
+
+
+def _starts_word(rows: list[RowStep], tokens: np.ndarray, table: TokenTable) -> np.ndarray:
+    """bool[B]: the token begins a word (a leading space, or no word in progress)."""
+    return table.starts_word[tokens] | ~np.array([r.word_open for r in rows], dtype=bool)
 
 
 def _meta_token(row: RowStep, token: int, table: TokenTable) -> None:
@@ -148,8 +157,9 @@ def _text_token(row: RowStep, token: int, verdict: Verdict, attended: float, tab
     if verdict is Verdict.CONTINUE:
         row.committed.append((token, attended))
         row.last_s = attended
-        if table.starts_word[token]:
+        if table.starts_word[token] or not row.word_open:
             row.last_word_s, row.last_word_token = attended, token
+        row.word_open = True
         if len(row.committed) >= row.budget:
             _finish(row, Stop.BUDGET)
         return

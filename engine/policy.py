@@ -56,6 +56,9 @@ class PolicyConfig:
 
 # Two attended times closer than this are the same place (half an encoder token, 80 ms).
 SAME_PLACE_S = 0.04
+# Attended times sit on a 40 ms grid: one grid step apart must count as the same place,
+# not fall either side of the limit by float rounding (2.8 - 2.76 = 0.04000000000000001).
+_GRID_EPS_S = 1e-6
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,8 @@ def decide(head_times: np.ndarray, rows: Rows, cfg: PolicyConfig) -> tuple[np.nd
     Returns (verdict int8[B], attended_s float[B]).
     """
     attended = np.median(head_times, axis=1)
-    earlier = attended < rows.last_word_s - SAME_PLACE_S
-    again = (np.abs(attended - rows.last_word_s) <= SAME_PLACE_S) & rows.same_token
+    earlier = attended < rows.last_word_s - SAME_PLACE_S - _GRID_EPS_S
+    again = (np.abs(attended - rows.last_word_s) <= SAME_PLACE_S + _GRID_EPS_S) & rows.same_token
     repeat = rows.new_word & (earlier | again)
     rewind = (rows.last_s - attended > cfg.rewind_s) & ~rows.final
     border = (rows.audio_end_s - attended <= cfg.border_s) & ~rows.final

@@ -463,6 +463,7 @@ class Scheduler:
             last_s=state.last_s,
             last_word_s=state.last_word_start_s,
             last_word_token=state.last_word_token,
+            word_open=bool(state.words.pending),
         )
 
     def _complete(self, state: StreamState, row: RowStep) -> list[Event]:

@@ -74,6 +74,8 @@ def test_a_word_never_starts_before_the_last_committed_word() -> None:
     assert run([1.9] * 3, end=5.0, last=2.1, new_word=False, last_word=2.0)[0] == [Verdict.CONTINUE]
     # The same word again at the same place ("strong strong") is a repeat ...
     assert run([2.0] * 3, end=5.0, last=2.1, new_word=True, last_word=2.0, same_token=True)[0] == [Verdict.REPEAT]
+    # ... also one grid step (40 ms) earlier, whatever the float rounding of the times ...
+    assert run([2.76] * 3, end=5.0, last=2.8, new_word=True, last_word=2.8, same_token=True)[0] == [Verdict.REPEAT]
     # ... another short word starting on the same encoder token is not.
     assert run([2.0] * 3, end=5.0, last=2.1, new_word=True, last_word=2.0)[0] == [Verdict.CONTINUE]
 

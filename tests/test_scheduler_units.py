@@ -127,6 +127,19 @@ def test_a_word_is_never_committed_twice(parts) -> None:
     assert final.words == []
 
 
+def test_a_first_token_without_a_space_still_counts_as_a_word_start(parts) -> None:
+    """The first token of a transcript (or of a restarted buffer) has no leading space; it
+    starts a word all the same, so a later word cannot start before it ("build" at 0.7 s
+    then a word at 0.16 s came out of a random model before this was checked)."""
+    (bare,) = parts[0].encode("dog", add_special_tokens=False)
+    scheduler = make(parts)
+    scheduler.open("a", "en")
+    scheduler.feed("a", noise(3.0, seed=1))
+    scheduler.update(scheduler.schedule(), output((bare, 0.7)))
+    events = scheduler.update(scheduler.schedule(), output((token(parts, "cat"), 0.16))).events
+    assert [w.text for e in events if isinstance(e, WordsEvent) for w in e.words] == ["dog"]
+
+
 def test_a_stream_ready_mid_step_joins_the_next_forward_before_rows_in_flight(parts) -> None:
     scheduler = make(parts, max_batch=3)
     for sid in "abcd":
