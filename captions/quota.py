@@ -35,10 +35,11 @@ class QuotaLedger:
     def __init__(self, store: TranscriptStore) -> None:
         self.store = store
 
-    def open_stream(self, tenant: Tenant, stream_id: str, language: str | None, now: float | None = None) -> None:
+    def open_stream(self, tenant: Tenant, stream_id: str, language: str | None, now: float | None = None,
+                    resume_token: str | None = None) -> None:
         """Register a new stream of `tenant`, or QuotaExceeded if it has its maximum open."""
         limit = tenant.limits.max_concurrent_streams
-        if not self.store.open_stream(tenant.id, stream_id, language, limit, now):
+        if not self.store.open_stream(tenant.id, stream_id, language, limit, now, resume_token):
             metrics.rejected(tenant.id, "concurrent_streams")
             raise QuotaExceeded(f"tenant has {limit} concurrent streams open (its limit)")
         metrics.stream_opened(tenant.id)
@@ -90,6 +91,10 @@ class AudioMeter:
     block_s: float = DEFAULT_BLOCK_S
     charged_s: float = 0.0  # charged to the tenant so far
     used_s: float = 0.0  # audio actually received
+
+    def covers(self, audio_s: float) -> bool:
+        """`audio_s` more fits in what is charged already: add() will not touch the database."""
+        return self.used_s + audio_s <= self.charged_s
 
     def add(self, audio_s: float) -> None:
         """Account for `audio_s` more audio before it is accepted; QuotaExceeded if the tenant is out."""

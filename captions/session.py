@@ -40,15 +40,18 @@ class CaptionSession:
     @classmethod
     async def start(
         cls, store: TranscriptStore, ledger: QuotaLedger, hub: CaptionHub, tenant: Tenant, stream_id: str,
-        language: str | None, resume: bool = False,
+        language: str | None, resume: bool = False, resume_token: str | None = None,
     ) -> CaptionSession:
-        """Open (or, with `resume`, reopen) the stream: QuotaExceeded, UnknownStream, BadRequest."""
+        """Open (or, with `resume`, reopen) the stream: QuotaExceeded, UnknownStream, BadRequest.
+
+        `resume_token` is stored (hashed) with a new stream, so any ingest replica can check a resume.
+        """
         if resume:
             await run_in_threadpool(ledger.resume_stream, tenant, stream_id)
             stored = await run_in_threadpool(store.words, tenant.id, stream_id)
             next_seq = stored[-1].seq + 1 if stored else 0
         else:
-            await run_in_threadpool(ledger.open_stream, tenant, stream_id, language)
+            await run_in_threadpool(ledger.open_stream, tenant, stream_id, language, None, resume_token)
             next_seq = 0
         hub.open(stream_id)
         return cls(store, hub, tenant, stream_id, AudioMeter(ledger, tenant, stream_id), next_seq,
@@ -56,7 +59,10 @@ class CaptionSession:
 
     async def on_audio(self, audio_s: float) -> None:
         """Charge audio to the tenant before it is accepted; QuotaExceeded when the tenant is out."""
-        await run_in_threadpool(self.meter.add, audio_s)
+        if self.meter.covers(audio_s):
+            self.meter.add(audio_s)  # within the charged block: no database call, no thread hop per frame
+        else:
+            await run_in_threadpool(self.meter.add, audio_s)
 
     async def on_message(self, msg: dict, first_seq: int | None = None) -> None:
         """Fan out a server->client protocol message; a `words` message's words are also stored.

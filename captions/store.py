@@ -58,6 +58,8 @@ streams = sa.Table(
     sa.Column("ended_at", sa.Float),
     # Heartbeat of an open stream; a stale one no longer counts as concurrent (its replica died).
     sa.Column("active_at", sa.Float, nullable=False),
+    # SHA-256 of the session's resume token: any ingest replica can check a resume.
+    sa.Column("resume_hash", sa.String(64)),
 )
 
 words = sa.Table(
@@ -151,7 +153,8 @@ class TranscriptStore:
 
     # ------------------------------------------------------------- streams
     def open_stream(
-        self, tenant_id: str, stream_id: str, language: str | None, max_concurrent: int, now: float | None = None
+        self, tenant_id: str, stream_id: str, language: str | None, max_concurrent: int, now: float | None = None,
+        resume_token: str | None = None,
     ) -> bool:
         """Record a new open stream unless the tenant has `max_concurrent` live ones; False if at the limit.
 
@@ -183,11 +186,13 @@ class TranscriptStore:
                 sa.literal(language, sa.String),
                 sa.literal(now, sa.Float),
                 sa.literal(now, sa.Float),
+                sa.literal(None if resume_token is None else _hash_token(resume_token), sa.String),
             ).where(live < max_concurrent)
             try:
                 inserted = conn.execute(
                     streams.insert().from_select(
-                        ["stream_id", "tenant_id", "status", "language", "created_at", "active_at"], row
+                        ["stream_id", "tenant_id", "status", "language", "created_at", "active_at", "resume_hash"],
+                        row,
                     ),
                     # SQLAlchemy keeps an INSERT's rowcount only when asked: psycopg's cursor
                     # is closed (rowcount -1) by the time the result is returned.
@@ -197,6 +202,13 @@ class TranscriptStore:
                 # Another tenant opened this id since the check above: each tenant locks only its own row.
                 raise BadRequest(f"stream id {stream_id!r} is already taken") from err
             return inserted.rowcount == 1
+
+    def resume_token_matches(self, tenant_id: str, stream_id: str, token: str) -> bool:
+        """The stream is this tenant's and `token` is its resume token (UnknownStream otherwise)."""
+        self.stream(tenant_id, stream_id)
+        with self.engine.connect() as conn:
+            stored = conn.execute(sa.select(streams.c.resume_hash).where(streams.c.stream_id == stream_id)).scalar()
+        return stored is not None and secrets.compare_digest(stored, _hash_token(token))
 
     def touch(self, tenant_id: str, stream_id: str, now: float | None = None) -> None:
         """Heartbeat of an open stream (keeps it counted as concurrent)."""
@@ -392,9 +404,11 @@ def _add_missing_columns(conn: Connection) -> None:
 
     Each has a server default, so existing rows read as before.
     """
-    present = {c["name"] for c in sa.inspect(conn).get_columns("words")}
-    if "utterance_end" not in present:
-        conn.execute(sa.text("ALTER TABLE words ADD COLUMN utterance_end BOOLEAN NOT NULL DEFAULT FALSE"))
+    added = {("words", "utterance_end"): "BOOLEAN NOT NULL DEFAULT FALSE", ("streams", "resume_hash"): "VARCHAR(64)"}
+    inspector = sa.inspect(conn)
+    for (table, column), ddl in added.items():
+        if column not in {c["name"] for c in inspector.get_columns(table)}:
+            conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
 
 
 def _make_engine(url: str) -> Engine:
@@ -407,8 +421,11 @@ def _make_engine(url: str) -> Engine:
 
         @sa.event.listens_for(engine, "connect")
         def _wal(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
-            # WAL lets readers (viewers, exports) run while a replica writes.
+            # WAL lets readers (viewers, exports) run while a replica writes. synchronous=NORMAL
+            # syncs at checkpoints, not at every commit: a killed process loses nothing (the
+            # WAL is in the OS's cache), only a power cut can lose the last commits.
             dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            dbapi_conn.execute("PRAGMA synchronous=NORMAL")
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True)

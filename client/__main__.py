@@ -13,72 +13,71 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable
 from pathlib import Path
 
 import numpy as np
 
-from client.stream import CaptionStream, ServiceError, pcm_chunks, send_realtime
+from client.resilient import ResilientStream
+from client.stream import ServiceError, pcm_chunks
 from engine.audio import read_audio_file
 from engine.features import SAMPLE_RATE
 
 DEFAULT_WS = "ws://127.0.0.1:8000/v1/stream"
 
 
-async def caption(stream: CaptionStream, jsonl: bool) -> int:
-    """Print frames until final/error; exit status 0 on final."""
-    async for frame in stream.frames():
-        kind = frame["type"]
-        if kind == "words":
+def printer(jsonl: bool):
+    """on_frame for a ResilientStream: words as they arrive, notes on stderr."""
+
+    async def on_frame(frame: dict) -> None:
+        if frame["type"] == "words":
             for word in frame["words"]:
                 print(json.dumps(word) if jsonl else word["text"], end="\n" if jsonl else " ", flush=True)
-        elif kind == "final":
-            if not jsonl:
-                print()
-            print(f"[final] {len(frame['words'])} words", file=sys.stderr)
-            return 0
-        elif kind == "error":
-            print(f"\nerror: {frame['code']}: {frame['message']}", file=sys.stderr)
-            return 1
-    print("\nerror: the connection closed before the final transcript", file=sys.stderr)
-    return 1
+        elif frame["type"] == "ready" and "resume_from_s" in frame:
+            print(f"\n[resumed at {frame['resume_from_s']:.1f} s]", file=sys.stderr)
+
+    return on_frame
+
+
+async def caption(client: ResilientStream, run: Awaitable[dict], jsonl: bool) -> int:
+    """Await the stream's final; exit status 0 on final, 1 on an error reconnecting cannot mend."""
+    try:
+        final = await run
+    except ServiceError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
+    if not jsonl:
+        print()
+    print(f"[final] {len(final['words'])} words, {client.reconnects} reconnects", file=sys.stderr)
+    return 0
 
 
 async def stream_file(args: argparse.Namespace) -> int:
     samples = read_audio_file(args.file)
-    async with CaptionStream(args.url, language=args.language, api_key=args.key) as stream:
-        print(f"[session {stream.session_id}] {len(samples) / SAMPLE_RATE:.1f} s of audio", file=sys.stderr)
-        sender = asyncio.create_task(send_realtime(stream, pcm_chunks(samples, args.chunk_s), args.chunk_s, args.speed))
-        status = await caption(stream, args.jsonl)
-        sender.cancel()
-        return status
+    client = ResilientStream(args.url, api_key=args.key, language=args.language, on_frame=printer(args.jsonl))
+    print(f"{len(samples) / SAMPLE_RATE:.1f} s of audio", file=sys.stderr)
+    return await caption(client, client.run(pcm_chunks(samples, args.chunk_s), args.chunk_s, args.speed), args.jsonl)
 
 
 async def stream_mic(args: argparse.Namespace) -> int:
     import sounddevice  # optional dependency: pip install .[mic]
 
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    live: asyncio.Queue[bytes | None] = asyncio.Queue()
 
     def on_audio(data: np.ndarray, frames: int, when: object, status: object) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, bytes(data))
+        loop.call_soon_threadsafe(live.put_nowait, bytes(data))
 
-    async with CaptionStream(args.url, language=args.language, api_key=args.key) as stream:
-        print(f"[session {stream.session_id}] listening; Ctrl-C ends the stream", file=sys.stderr)
-
-        async def pump() -> None:
-            with sounddevice.RawInputStream(samplerate=SAMPLE_RATE, channels=1, dtype="int16",
-                                            blocksize=int(SAMPLE_RATE * args.chunk_s), callback=on_audio):
-                try:
-                    while True:
-                        await stream.send_audio(await queue.get())
-                except asyncio.CancelledError:
-                    await stream.end()
-
-        sender = asyncio.create_task(pump())
+    client = ResilientStream(args.url, api_key=args.key, language=args.language, on_frame=printer(args.jsonl))
+    print("listening; Ctrl-C ends the stream", file=sys.stderr)
+    with sounddevice.RawInputStream(samplerate=SAMPLE_RATE, channels=1, dtype="int16",
+                                    blocksize=int(SAMPLE_RATE * args.chunk_s), callback=on_audio):
+        run = asyncio.ensure_future(client.run_live(live, args.chunk_s))
         try:
-            return await caption(stream, args.jsonl)
-        finally:
-            sender.cancel()
+            return await caption(client, asyncio.shield(run), args.jsonl)
+        except asyncio.CancelledError:
+            live.put_nowait(None)  # Ctrl-C: end the stream and wait for its final
+            return await caption(client, run, args.jsonl)
 
 
 def transcribe(args: argparse.Namespace) -> int:

@@ -49,6 +49,8 @@ class CaptionStream:
     client_key: str = field(default_factory=lambda: uuid.uuid4().hex)
     session_id: str = ""
     resume_token: str = ""
+    # The `ready` frame (on a resume it says where to re-send audio from: resume_from_s).
+    ready: dict[str, Any] = field(default_factory=dict)
 
     async def __aenter__(self) -> CaptionStream:
         headers = {"x-session-id": self.client_key}
@@ -64,6 +66,7 @@ class CaptionStream:
         if ready["type"] == "error":
             raise ServiceError(ready["code"], ready["message"])
         self.session_id, self.resume_token = ready["session_id"], ready["resume_token"]
+        self.ready = ready
         return self
 
     async def __aexit__(self, *exc: object) -> None:

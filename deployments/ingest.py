@@ -37,12 +37,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from captions.errors import CaptionsError
+from captions.errors import BadRequest, CaptionsError, UnknownStream
 from captions.fanout import CaptionHub
 from captions.http import caption_routes, error_response
 from captions.quota import QuotaLedger
 from captions.session import CaptionSession
-from captions.store import TranscriptStore
+from captions.store import StreamStatus, TranscriptStore, check_id
 from captions.tenants import Authenticator, Tenant
 from deployments import protocol
 from deployments.audio_in import AudioDecoder
@@ -53,7 +53,7 @@ from deployments.metrics import IngestMetrics
 from deployments.openai_api import OpenAIRoutes
 from deployments.openai_realtime import RealtimeRoute
 from deployments.relay import Relay, RelayError, Sink, SinkClosed
-from deployments.session import Session
+from deployments.session import Session, SessionWord
 from engine.audio import resample
 from engine.core import set_threads
 from engine.errors import BadAudioError
@@ -131,14 +131,20 @@ class Ingest:
         self.open_sockets += 1
         self.metrics.sockets.set(self.open_sockets)
         relay: Relay | None = None
+        displaced: asyncio.Event | None = None
         try:
             tenant = await self._authenticate(ws.headers, ws.query_params)
             relay, decoder = await self._handshake(ws, sink, tenant)
-            await self._pump(ws, relay, decoder)
+            displaced = relay.displaced
+            await self._pump(ws, relay, decoder, displaced)
         except (protocol.ProtocolError, RelayError, CaptionsError) as exc:
+            if displaced is not None and displaced.is_set():
+                return  # another socket has the session: this one's troubles are not the stream's
             await self._fail(ws, sink, exc.code, str(exc), relay)
             return
         except WebSocketDisconnect:
+            if displaced is not None and displaced.is_set():
+                return
             if relay is not None and (not relay.done.is_set() or relay.sink is None):
                 self._park(relay)
             elif relay is not None:
@@ -148,6 +154,10 @@ class Ingest:
         finally:
             self.open_sockets -= 1
             self.metrics.sockets.set(self.open_sockets)
+        if displaced is not None and displaced.is_set():
+            log.info("session %s: an earlier socket closed (a resume took over)", relay.session.session_id)
+            await _close_quietly(ws, CLOSE_NORMAL)
+            return
         if relay.sink is None:
             self._park(relay)  # finished, but the client did not get it all: resumable
             return
@@ -167,23 +177,35 @@ class Ingest:
         if not isinstance(frame, protocol.Start):
             raise protocol.ProtocolError("bad_frame", "the first frame must be 'start'")
         decoder = AudioDecoder(frame.sample_rate, frame.encoding, self.cfg.engine.max_chunk_s)
-        if frame.resume is not None:
+        if frame.resume is not None and frame.resume.session_id in self.sessions:
             relay = self._resume(frame.resume, tenant)
+        elif frame.resume is not None:
+            relay = await self._resume_from_store(frame.resume, tenant, frame.language)
+            self.sessions[relay.session.session_id] = relay
         else:
-            relay = await self._open_relay(Session(frame.language, self.cfg.ingest.max_replay_s), tenant)
+            session = Session(frame.language, self.cfg.ingest.max_replay_s)
+            relay = await self._open_relay(session, tenant)
             self.sessions[relay.session.session_id] = relay
         session = relay.session
-        await sink(protocol.pack("ready", session_id=session.session_id, resume_token=session.resume_token))
+        ready: dict[str, Any] = {"session_id": session.session_id, "resume_token": session.resume_token}
+        if frame.resume is not None:
+            # The client re-sends its audio from here (it kept what was not acknowledged).
+            ready["resume_from_s"] = round(session.held_s, 4)
+        await sink(protocol.pack("ready", **ready))
         await relay.attach(sink)
         log.info("session %s: socket attached (%s)", session.session_id, "resumed" if frame.resume else "new")
         return relay, decoder
 
-    async def _open_relay(self, session: Session, tenant: Tenant) -> Relay:
-        """A started relay whose stream belongs to `tenant`: QuotaExceeded before any model replica is asked."""
+    async def _open_relay(self, session: Session, tenant: Tenant, resume: bool = False) -> Relay:
+        """A started relay whose stream belongs to `tenant`: QuotaExceeded before any model replica is asked.
+
+        resume: the stream exists in the store (continued from another ingest replica).
+        """
         relay = Relay(session, self.links, self.cfg.ingest, self.metrics, self.vad)
         relay.tenant_id = tenant.id
         relay.captions = await CaptionSession.start(
-            self.store, self.ledger, self.hub, tenant, session.session_id, session.language
+            self.store, self.ledger, self.hub, tenant, session.session_id, session.language,
+            resume=resume, resume_token=None if resume else session.resume_token,
         )
         try:
             await relay.start()
@@ -202,16 +224,45 @@ class Ingest:
         ):
             raise protocol.ProtocolError("resume_failed", "no resumable session with this id and token")
         if relay.sink is not None:
-            raise protocol.ProtocolError("resume_failed", "the session is attached to another socket")
+            log.info("session %s: resumed while a socket is attached: the new one takes over",
+                     relay.session.session_id)
+        if resume.words is not None:
+            relay.session.delivered = min(resume.words, len(relay.session.words))
         return relay
 
-    async def _pump(self, ws: WebSocket, relay: Relay, decoder: AudioDecoder) -> None:
+    async def _resume_from_store(self, resume: protocol.Resume, tenant: Tenant, language: str | None) -> Relay:
+        """A session this replica does not hold (its ingest replica was lost): continue it from the store.
+
+        Its committed words come from the database; the client re-sends the
+        audio after the last stored word (`ready.resume_from_s`), and a new
+        incarnation on a model replica continues with that text as context.
+        """
+        failed = protocol.ProtocolError("resume_failed", "no resumable session with this id and token")
+        try:
+            check_id(resume.session_id)
+            matches = await run_in_threadpool(self.store.resume_token_matches, tenant.id, resume.session_id,
+                                              resume.token)
+            record = await run_in_threadpool(self.store.stream, tenant.id, resume.session_id)
+        except (UnknownStream, BadRequest):
+            raise failed from None
+        if not matches or record.status is StreamStatus.ENDED:
+            raise failed
+        stored = await run_in_threadpool(self.store.words, tenant.id, resume.session_id)
+        words = [SessionWord(w.text, w.start, w.end, w.utterance_end) for w in stored]
+        session = Session.from_store(resume.session_id, resume.token, language or record.language,
+                                     self.cfg.ingest.max_replay_s, words, resume.words)
+        log.info("session %s: resumed from the store with %d words at %.2f s", session.session_id, len(words),
+                 session.held_s)
+        return await self._open_relay(session, tenant, resume=True)
+
+    async def _pump(self, ws: WebSocket, relay: Relay, decoder: AudioDecoder, displaced: asyncio.Event) -> None:
         """Client frames -> relay, until the relay is done (final or failure).
 
         Only audio (or `end`) counts as activity: a socket that sends nothing, or
         only frames that are refused, for idle_timeout_s is closed (`idle_timeout`).
         """
         done = asyncio.ensure_future(relay.done.wait())
+        taken = asyncio.ensure_future(displaced.wait())
         idle_s = self.cfg.ingest.idle_timeout_s
         active_at = asyncio.get_running_loop().time()
         receive: asyncio.Future | None = None
@@ -221,7 +272,10 @@ class Ingest:
                     receive = asyncio.ensure_future(_receive(ws))
                 # After `end` the stream is finishing: no idle limit while its last words come.
                 left = None if relay.session.ended else active_at + idle_s - asyncio.get_running_loop().time()
-                await asyncio.wait({receive, done}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({receive, done, taken}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                if taken.done():
+                    receive.cancel()
+                    return
                 if done.done():
                     receive.cancel()
                     relay.stop_tasks()
@@ -249,13 +303,14 @@ class Ingest:
                         if relay.captions is not None:
                             await relay.captions.on_audio(len(samples) / SAMPLE_RATE)  # QuotaExceeded
                         relay.push_audio(samples)
-                        self.metrics.audio_s.inc(len(samples) / SAMPLE_RATE)
+                        self.metrics.audio_received(len(samples) / SAMPLE_RATE)
                 elif isinstance(frame, protocol.End):
                     relay.end()
                 else:
                     raise protocol.ProtocolError("bad_frame", "'start' was already sent")
         finally:
             done.cancel()
+            taken.cancel()
             if receive is not None:
                 receive.cancel()
 
@@ -339,6 +394,13 @@ def _log_failure(task: asyncio.Task) -> None:
     """Background tasks must not fail silently."""
     if not task.cancelled() and task.exception() is not None:
         log.error("background task failed", exc_info=task.exception())
+
+
+async def _close_quietly(ws: WebSocket, code: int) -> None:
+    try:
+        await ws.close(code)
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        pass  # already gone
 
 
 async def _receive(ws: WebSocket) -> bytes | str | None:

@@ -247,7 +247,7 @@ class RealtimeConnection:
         except (CaptionsError, RelayError) as exc:
             raise from_service_error(exc) from exc
         item.audio_s += seconds
-        self.host.metrics.audio_s.inc(seconds)
+        self.host.metrics.audio_received(seconds)
 
     async def _current_item(self) -> Item:
         """The item receiving audio, opening its stream once the previous item has completed."""

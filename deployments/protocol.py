@@ -32,6 +32,9 @@ class ProtocolError(Exception):
 class Resume:
     session_id: str
     token: str
+    # Words the client already has (they are not sent again); None: it has them all,
+    # as far as the ingest holding the session knows.
+    words: int | None = None
 
 
 @dataclass(frozen=True)
@@ -97,13 +100,15 @@ def _parse_start(msg: dict[str, Any]) -> Start:
         raise ProtocolError("bad_frame", "start.language must be a string")
     resume = msg.get("resume")
     if resume is not None:
+        words = resume.get("words") if isinstance(resume, dict) else None
         if not (
             isinstance(resume, dict)
             and isinstance(resume.get("session_id"), str)
             and isinstance(resume.get("token"), str)
+            and (words is None or (isinstance(words, int) and not isinstance(words, bool) and words >= 0))
         ):
-            raise ProtocolError("bad_frame", "start.resume must be {session_id: str, token: str}")
-        resume = Resume(resume["session_id"], resume["token"])
+            raise ProtocolError("bad_frame", "start.resume must be {session_id: str, token: str, words?: int >= 0}")
+        resume = Resume(resume["session_id"], resume["token"], words)
     return Start(rate, encoding, None if language in (None, "auto") else language, resume)
 
 

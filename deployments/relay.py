@@ -64,6 +64,8 @@ class Relay:
         self.metrics = metrics
         self.link: Link | None = None
         self.sink: Sink | None = None
+        # Set when another socket takes the session over (see attach).
+        self.displaced = asyncio.Event()
         self.done = asyncio.Event()
         self.failure: RelayError | None = None
         # Events of the stream's link (dicts), or the link the stream lost.
@@ -129,7 +131,15 @@ class Relay:
             self.link.remove(self, abort=True)
 
     async def attach(self, sink: Sink) -> None:
-        """A socket (new or resumed) receives frames from now on, starting with missed words."""
+        """A socket (new or resumed) receives frames from now on, starting with missed words.
+
+        A socket still attached is displaced (its `displaced` event is set): a
+        resume with the right token wins, since the old socket may be half-dead
+        (its proxy died) and the ingest would notice only much later.
+        """
+        if self.sink is not None:
+            self.displaced.set()
+            self.displaced = asyncio.Event()
         self.sink = sink
         await self._flush_words()
         if self.session.finished:
@@ -218,15 +228,21 @@ class Relay:
     async def _flush_words(self) -> None:
         if self.sink is None:
             return
-        for words in _utterances(self.session.undelivered()):
+        session = self.session
+        groups = _utterances(session.undelivered())
+        for i, words in enumerate(groups):
             fields: dict[str, Any] = {
                 "words": [w.as_dict() for w in words],
-                "emitted_at": round(self.session.transcribed_s, 3),
+                "emitted_at": round(session.transcribed_s, 3),
             }
             if words[-1].utterance_end:
                 fields["utterance_end"] = True
-            if self.session.detected_language:
-                fields["language"] = self.session.detected_language
+            if session.detected_language:
+                fields["language"] = session.detected_language
+            if i == len(groups) - 1 and session.replay_start > session.acked:
+                # The words are stored: the client may forget the audio before the last one's end.
+                session.acked = session.replay_start
+                fields["ack_s"] = round(session.acked / SAMPLE_RATE, 4)
             await self._emit(protocol.pack("words", **fields))
 
     def _final_fields(self) -> dict[str, Any]:

@@ -66,10 +66,10 @@ class StreamLog:
     array or a Pause (an endpoint, gap 0, or samples left out).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, start: int = 0) -> None:
         self._items: collections.deque[tuple[int, np.ndarray | Pause]] = collections.deque()
-        self.start = 0  # session sample index of the first kept sample
-        self.end = 0
+        self.start = start  # session sample index of the first kept sample
+        self.end = start
         self.audio_samples = 0  # audio kept (the replay bound counts only audio)
 
     def append(self, piece: np.ndarray | Pause) -> None:
@@ -169,6 +169,32 @@ class Session:
     gate: GateState | None = None
     ungated: list[np.ndarray] = field(default_factory=list)
     gate_done: bool = False
+    # Session samples the client was told it may forget (`ack`): their words are stored.
+    acked: int = 0
+
+    @classmethod
+    def from_store(cls, session_id: str, token: str, language: str | None, max_replay_s: float,
+                   words: list[SessionWord], client_has: int | None) -> Session:
+        """A session continued on another ingest replica from its stored words.
+
+        Its audio resumes at the end of the last stored word (where the replay
+        buffer was cut, so everything before is transcribed and stored): the
+        client re-sends from there. The incarnation number starts high, so its
+        stream key cannot be one the lost ingest used (that stream may still
+        be open on a model replica until its link times out).
+        """
+        position = int(round(words[-1].end * SAMPLE_RATE)) if words else 0
+        return cls(
+            language=language, max_replay_s=max_replay_s, session_id=session_id, resume_token=token,
+            words=list(words), delivered=min(client_has or 0, len(words)), detected_language=language,
+            transcribed_s=position / SAMPLE_RATE, replay=StreamLog(position), received=position, sent=position,
+            accepted=position, offset=position, incarnation=1000 + secrets.randbelow(10**6), acked=position,
+        )
+
+    @property
+    def held_s(self) -> float:
+        """Session audio this ingest holds (received, gated or not): a resumed client sends what follows."""
+        return (self.received + sum(len(s) for s in self.ungated)) / SAMPLE_RATE
 
     @property
     def gate_flushed(self) -> bool:

@@ -159,3 +159,14 @@ def test_viewer_tokens(store: TranscriptStore):
     store.create_viewer_token("acme", "s2", ttl_s=60, now=2000.0)
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM viewer_tokens").scalar() == 1
+
+
+def test_any_replica_can_check_a_resume_token(store: TranscriptStore):
+    assert store.open_stream("acme", "s1", "en", 5, resume_token="secret-token")
+    assert store.open_stream("acme", "s2", "en", 5)  # a stream opened without one cannot be resumed elsewhere
+    other = TranscriptStore(store.url)  # another ingest replica on the same database
+    assert other.resume_token_matches("acme", "s1", "secret-token")
+    assert not other.resume_token_matches("acme", "s1", "secret-tokeN")
+    assert not other.resume_token_matches("acme", "s2", "")
+    with pytest.raises(UnknownStream):
+        other.resume_token_matches("globex", "s1", "secret-token")

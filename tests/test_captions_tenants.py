@@ -209,3 +209,17 @@ def test_authenticator_picks_up_keys_added_to_the_file(tmp_path: Path, caplog: p
     with caplog.at_level(logging.ERROR):
         assert auth.tenant_for_key(first).id == "acme"
     assert "keeping the previous keys" in caplog.text
+
+
+def test_an_accepted_key_is_remembered_until_the_file_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path, key = keys_file(tmp_path)
+    auth = Authenticator.from_file(path, reload_s=0.0)
+    assert auth.tenant_for_key(key).id == "acme"
+    calls = []
+    monkeypatch.setattr("captions.tenants.verify_secret", lambda *a: calls.append(a) or False)
+    assert auth.tenant_for_key(key).id == "acme" and not calls  # no scrypt for a key already accepted
+    with pytest.raises(Unauthorized):
+        auth.tenant_for_key(key[:-1] + ("A" if key[-1] != "A" else "B"))  # a near miss is checked in full
+    add_key(path, "globex")  # any change to the file: every key is checked afresh
+    with pytest.raises(Unauthorized):
+        auth.tenant_for_key(key)

@@ -16,7 +16,7 @@ from deployments.protocol import Audio, End, ProtocolError, Start, parse_client_
 from deployments.replica_loop import ReplicaLoop
 from deployments.router import StickyRouter
 from deployments.run import app_config, captions_env, load_config
-from deployments.session import Session
+from deployments.session import Session, SessionWord
 
 from .conftest import REPO, noise
 
@@ -271,3 +271,26 @@ def test_session_sends_pauses_in_order_and_replays_them() -> None:
         replayed.append((len(out.audio), out.pause))
         session.mark_sent(out)
     assert replayed == [(0, 0), (0, 32000), (400, None)], "the endpoint at the cut is replayed too"
+
+
+def test_a_session_continued_from_the_store_resumes_after_its_last_word() -> None:
+    """Another ingest replica continues a session from its stored words: audio from the last word's
+    end, a new incarnation key, the client's word count respected."""
+    stored = [SessionWord("hello", 0.5, 0.9), SessionWord("world", 1.0, 1.42, utterance_end=True)]
+    session = Session.from_store("s1", "tok", "en", 30.0, stored, client_has=1)
+    assert session.held_s == pytest.approx(1.42) and session.replay_start == session.sent == 22_720
+    assert session.undelivered() == stored[1:] and session.incarnation >= 1000
+    session.add_audio(np.zeros(16_000, np.float32))
+    assert session.unsent(10**6).audio.shape == (16_000,)
+    # Words of the new incarnation are shifted to session time after the resume point.
+    (word,) = session.add_words([{"text": "again", "start": 0.2, "end": 0.5}], "en", 1.0)
+    assert word.start == pytest.approx(1.62) and session.context().endswith("hello world again")
+
+
+def test_resume_carries_the_clients_word_count() -> None:
+    frame = parse_client_frame(msgpack.packb({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le",
+                                              "resume": {"session_id": "s", "token": "t", "words": 3}}), 1 << 20)
+    assert isinstance(frame, Start) and frame.resume.words == 3
+    with pytest.raises(ProtocolError):
+        parse_client_frame(msgpack.packb({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le",
+                                          "resume": {"session_id": "s", "token": "t", "words": -1}}), 1 << 20)

@@ -30,40 +30,86 @@ function authHeaders() {
   return { Authorization: `Bearer ${$("key").value.trim()}` };
 }
 
+// Errors that reconnecting cannot mend (protocol.md): the stream is over.
+const FATAL = new Set(["bad_frame", "unsupported_encoding", "frame_too_large", "bad_audio", "bad_request",
+  "unauthorized", "quota_exceeded", "resume_failed", "idle_timeout", "internal"]);
+const FRAME_SAMPLES = 1600;
+// Audio sent but not acknowledged (`ack`): sent again after a resume. frames[i] starts at sample keptFrom + i * 1600.
+let kept = [], keptFrom = 0, resumeToken = null, ended = false, finished = false, failures = 0;
+
+function keep(frame) {
+  kept.push(frame);
+  if (kept.length > 3000) { kept.shift(); keptFrom += FRAME_SAMPLES; } // at most 300 s
+}
+
+function forgetBefore(seconds) {
+  const drop = Math.min(kept.length, Math.max(0, Math.floor((seconds * 16000 - keptFrom) / FRAME_SAMPLES)));
+  kept.splice(0, drop);
+  keptFrom += drop * FRAME_SAMPLES;
+}
+
+function sendAudio(pcm) {
+  socket.send(encode({ type: "audio", data: new Uint8Array(pcm.buffer) }));
+}
+
 async function start() {
   const key = $("key").value.trim();
   localStorage.setItem("captions-key", key);
   $("start").disabled = true;
-  sessionId = null;
+  sessionId = null; resumeToken = null; kept = []; keptFrom = 0; ended = false; finished = false; failures = 0;
   // Capture starts inside the click, so the AudioContext may run (autoplay policy);
-  // frames wait in `queued` until the server says `ready`.
-  const queued = [];
+  // frames are kept until the server acknowledges them, and sent while a session is up.
   try {
     stopCapture = await startCapture($("mic").value, (pcm) => {
-      const frame = encode({ type: "audio", data: new Uint8Array(pcm.buffer) });
-      if (sessionId && socket.readyState === WebSocket.OPEN) socket.send(frame);
-      else if (queued.length < 50) queued.push(frame); // at most 5 s before the server answers
+      keep(pcm);
+      if (sessionId && socket && socket.readyState === WebSocket.OPEN && socket.live) sendAudio(pcm);
     });
   } catch (err) {
     status(`Cannot capture the microphone: ${err.message}`, true);
     $("start").disabled = false;
     return;
   }
+  connect(key);
+}
+
+// One socket; when it drops before `final`, a new one resumes the session (maybe on another ingest replica).
+function connect(key) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   // Browsers cannot set headers on WebSockets: the key travels as ?key=.
   socket = new WebSocket(`${scheme}://${location.host}/v1/stream?key=${encodeURIComponent(key)}`);
   socket.binaryType = "arraybuffer";
+  let fatal = false;
   socket.onopen = () => {
-    socket.send(encode({ type: "start", sample_rate: 16000, encoding: "pcm_s16le", language: $("language").value }));
+    const start = { type: "start", sample_rate: 16000, encoding: "pcm_s16le", language: $("language").value };
+    if (resumeToken) start.resume = { session_id: sessionId, token: resumeToken, words: view.words };
+    socket.send(encode(start));
   };
   socket.onmessage = (e) => {
     const msg = decode(e.data);
     if (msg.type === "ready") {
-      for (const frame of queued.splice(0)) socket.send(frame);
+      failures = 0;
+      resumeToken = msg.resume_token;
+      // Everything kept from where the session resumes (all of it for a new one), then live frames.
+      const from = Math.max(0, Math.floor(((msg.resume_from_s || 0) * 16000 - keptFrom) / FRAME_SAMPLES));
+      for (const pcm of kept.slice(from)) sendAudio(pcm);
+      socket.live = true;
+      if (ended) socket.send(encode({ type: "end" }));
+    } else if (msg.type === "words" && msg.ack_s !== undefined) {
+      forgetBefore(msg.ack_s);
+    } else if (msg.type === "final") {
+      finished = true;
+    } else if (msg.type === "error" && FATAL.has(msg.code)) {
+      fatal = true;
     }
     onMessage(msg);
   };
   socket.onclose = async (e) => {
+    if (!finished && !fatal && resumeToken && failures < 60) {
+      failures += 1;
+      status(`Reconnecting… (${failures})`);
+      setTimeout(() => connect(key), Math.min(2000, 200 * failures));
+      return;
+    }
     if (stopCapture) { await stopCapture(); stopCapture = null; }
     $("start").disabled = false;
     $("stop").disabled = true;
@@ -75,6 +121,7 @@ async function start() {
 function onMessage(msg) {
   if (msg.type === "ready") {
     sessionId = msg.session_id;
+    if ("resume_from_s" in msg) { status("Listening… (resumed)"); return; }
     $("session").textContent = sessionId;
     document.body.dataset.session = sessionId;
     $("stop").disabled = false;
@@ -92,7 +139,8 @@ function onMessage(msg) {
 async function stop() {
   $("stop").disabled = true;
   if (stopCapture) { await stopCapture(); stopCapture = null; }
-  if (socket && socket.readyState === WebSocket.OPEN) socket.send(encode({ type: "end" }));
+  ended = true;
+  if (socket && socket.readyState === WebSocket.OPEN && socket.live) socket.send(encode({ type: "end" }));
   status("Finishing…");
 }
 
