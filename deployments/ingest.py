@@ -45,6 +45,7 @@ from captions.session import CaptionSession
 from captions.store import TranscriptStore
 from captions.tenants import Authenticator, Tenant
 from deployments import protocol
+from deployments.audio_files import to_engine_audio
 from deployments.audio_in import AudioDecoder
 from deployments.config import ServiceConfig
 from deployments.links import ModelLinks
@@ -54,7 +55,6 @@ from deployments.openai_api import OpenAIRoutes
 from deployments.openai_realtime import RealtimeRoute
 from deployments.relay import Relay, RelayError, Sink, SinkClosed
 from deployments.session import Session
-from engine.audio import resample
 from engine.core import set_threads
 from engine.errors import BadAudioError
 from engine.features import SAMPLE_RATE
@@ -367,7 +367,7 @@ def _read_audio(body: bytes) -> np.ndarray:
         raise BadAudioError(f"cannot read the uploaded audio: {exc}") from exc
     if len(data) == 0:
         raise BadAudioError("the uploaded audio is empty")
-    return np.clip(resample(data.mean(axis=1), rate), -1.0, 1.0)
+    return to_engine_audio(data.mean(axis=1), rate)
 
 
 def _error_response(code: str, message: str) -> JSONResponse:
