@@ -300,8 +300,8 @@ class Ingest:
             tenant = await self._authenticate(request.headers, request.query_params)
         except CaptionsError as exc:
             return error_response(exc)
-        body = await request.body()
-        if len(body) > MAX_UPLOAD_BYTES:
+        body = await _read_upload(request)
+        if body is None:
             return _error_response("too_large", f"upload exceeds {MAX_UPLOAD_BYTES} bytes")
         try:
             samples = _read_audio(body)
@@ -358,6 +358,21 @@ async def _feed_file(relay: Relay, samples: np.ndarray, max_pending_s: float) ->
             return
         relay.push_audio(samples[begin : begin + step])
     relay.end()
+
+
+async def _read_upload(request: Request) -> bytes | None:
+    """The body, or None as soon as it is known to be over MAX_UPLOAD_BYTES (declared or read so far):
+    an oversized upload is never held whole in memory, nor waited for."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_UPLOAD_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _read_audio(body: bytes) -> np.ndarray:
