@@ -32,6 +32,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -39,7 +40,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from captions.errors import CaptionsError
 from captions.fanout import CaptionHub
-from captions.http import caption_routes, error_response
+from captions.http import caption_routes, error_response, http_exception_response
 from captions.quota import QuotaLedger
 from captions.session import CaptionSession
 from captions.store import TranscriptStore
@@ -101,7 +102,7 @@ class Ingest:
             *caption_routes(self.store, self.auth, self.hub),
             *OpenAIRoutes(self).routes(),
             WebSocketRoute("/v1/realtime", RealtimeRoute(self).serve),
-        ])
+        ], exception_handlers={HTTPException: http_exception_response})
 
     async def healthz(self, request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "sessions": len(self.sessions)})
