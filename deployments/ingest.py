@@ -164,7 +164,13 @@ class Ingest:
             first = await asyncio.wait_for(_receive(ws), wait_s)
         except asyncio.TimeoutError:
             raise protocol.ProtocolError("idle_timeout", f"no 'start' within {wait_s:.0f} s") from None
-        frame = protocol.parse_client_frame(first, self.cfg.ingest.max_frame_bytes)
+        try:
+            frame = protocol.parse_client_frame(first, self.cfg.ingest.max_frame_bytes)
+        except protocol.ProtocolError as exc:
+            if exc.fatal:
+                raise
+            # An unknown type is skipped once a stream runs; before `start` it is just not `start`.
+            raise protocol.ProtocolError("bad_frame", f"the first frame must be 'start': {exc}") from exc
         if not isinstance(frame, protocol.Start):
             raise protocol.ProtocolError("bad_frame", "the first frame must be 'start'")
         decoder = AudioDecoder(frame.sample_rate, frame.encoding, self.cfg.engine.max_chunk_s)
