@@ -248,6 +248,8 @@ class Ingest:
                 if isinstance(frame, protocol.Audio | protocol.End):
                     active_at = asyncio.get_running_loop().time()
                 if isinstance(frame, protocol.Audio):
+                    if relay.session.ended:  # checked here too, so an empty frame is refused as well
+                        raise protocol.ProtocolError("bad_frame", "audio after end")
                     try:
                         samples = decoder.decode(frame.data)
                     except BadAudioError as exc:
