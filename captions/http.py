@@ -216,6 +216,8 @@ async def _small_json(request: Request) -> dict:
         doc = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BadRequest("request body is not valid JSON") from None
+    except RecursionError:  # 4 KiB of '[' nest deeper than the parser's recursion limit
+        raise BadRequest("request body nests too deeply") from None
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object")
     return doc

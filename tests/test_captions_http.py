@@ -113,6 +113,7 @@ def test_expired_viewer_token(env):
         (b'{"ttl_s": "long"}', {}),
         (b'{"ttl_s": 999999}', {}),
         (b'{"ttl_s": -1}', {}),
+        (b'{"ttl_s": ' + b"[" * 2000 + b"]" * 2000 + b"}", {}),  # deeper than json's recursion limit
     ],
 )
 def test_malformed_or_oversized_token_requests(env, body, headers):
