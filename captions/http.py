@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
@@ -52,6 +53,18 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def error_response(exc: CaptionsError) -> JSONResponse:
     return JSONResponse({"error": {"code": exc.code, "message": str(exc)}}, status_code=exc.http_status)
+
+
+# Starlette's own answers (no route, wrong method) in the same JSON shape as every other error.
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def http_exception_response(request: Request, exc: Exception) -> JSONResponse:
+    """The app's handler for Starlette's HTTPException: e.g. a stream id holding '/' matches no route."""
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "bad_request")
+    return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code,
+                        headers=exc.headers)
 
 
 def _errors_as_json(handler: Handler) -> Handler:
@@ -203,6 +216,8 @@ async def _small_json(request: Request) -> dict:
         doc = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BadRequest("request body is not valid JSON") from None
+    except RecursionError:  # 4 KiB of '[' nest deeper than the parser's recursion limit
+        raise BadRequest("request body nests too deeply") from None
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object")
     return doc

@@ -132,7 +132,7 @@ def database_url(url: str | None = None) -> str:
 
 def check_id(stream_id: str) -> str:
     """Stream ids are short printable tokens (they appear in URLs and logs)."""
-    if not 0 < len(stream_id) <= MAX_ID_CHARS or not all(c.isalnum() or c in "-_" for c in stream_id):
+    if not 0 < len(stream_id) <= MAX_ID_CHARS or not all(c.isascii() and (c.isalnum() or c in "-_") for c in stream_id):
         raise BadRequest(f"stream id must be 1-{MAX_ID_CHARS} characters of [A-Za-z0-9_-]")
     return stream_id
 

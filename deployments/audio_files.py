@@ -15,6 +15,7 @@ from typing import BinaryIO
 import av
 import numpy as np
 
+from deployments.protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from engine.audio import resample
 from engine.errors import BadAudioError
 
@@ -63,6 +64,20 @@ def decode_file(file: BinaryIO) -> np.ndarray:
         raise BadAudioError(f"cannot decode the uploaded audio: {exc}") from exc
     if len(samples) == 0:
         raise BadAudioError("the uploaded audio is empty")
+    return to_engine_audio(samples, rate)
+
+
+def to_engine_audio(samples: np.ndarray, rate: int) -> np.ndarray:
+    """A decoded file's mono samples as 16 kHz float32 in [-1, 1], or BadAudioError.
+
+    The rate is bounded as the socket's `start.sample_rate` is: a header claiming 1 Hz
+    would make 16000 samples of each one, so a few KB asked for hours of audio. NaN
+    and inf are refused here because clipping keeps NaN and the model would hear it.
+    """
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise BadAudioError(f"the file's sample rate {rate} Hz is outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}]")
+    if not np.isfinite(samples).all():
+        raise BadAudioError("the uploaded audio contains NaN or infinite samples")
     return np.clip(resample(samples, rate), -1.0, 1.0)
 
 

@@ -32,6 +32,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -39,12 +40,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from captions.errors import BadRequest, CaptionsError, UnknownStream
 from captions.fanout import CaptionHub
-from captions.http import caption_routes, error_response
+from captions.http import caption_routes, error_response, http_exception_response
 from captions.quota import QuotaLedger
 from captions.session import CaptionSession
 from captions.store import StreamStatus, TranscriptStore, check_id
 from captions.tenants import Authenticator, Tenant
 from deployments import protocol
+from deployments.audio_files import to_engine_audio
 from deployments.audio_in import AudioDecoder
 from deployments.config import ServiceConfig
 from deployments.links import ModelLinks
@@ -54,7 +56,6 @@ from deployments.openai_api import OpenAIRoutes
 from deployments.openai_realtime import RealtimeRoute
 from deployments.relay import Relay, RelayError, Sink, SinkClosed
 from deployments.session import Session, SessionWord
-from engine.audio import resample
 from engine.core import set_threads
 from engine.errors import BadAudioError
 from engine.features import SAMPLE_RATE
@@ -101,7 +102,7 @@ class Ingest:
             *caption_routes(self.store, self.auth, self.hub),
             *OpenAIRoutes(self).routes(),
             WebSocketRoute("/v1/realtime", RealtimeRoute(self).serve),
-        ])
+        ], exception_handlers={HTTPException: http_exception_response})
 
     async def healthz(self, request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "sessions": len(self.sessions)})
@@ -173,7 +174,13 @@ class Ingest:
             first = await asyncio.wait_for(_receive(ws), wait_s)
         except asyncio.TimeoutError:
             raise protocol.ProtocolError("idle_timeout", f"no 'start' within {wait_s:.0f} s") from None
-        frame = protocol.parse_client_frame(first, self.cfg.ingest.max_frame_bytes)
+        try:
+            frame = protocol.parse_client_frame(first, self.cfg.ingest.max_frame_bytes)
+        except protocol.ProtocolError as exc:
+            if exc.fatal:
+                raise
+            # An unknown type is skipped once a stream runs; before `start` it is just not `start`.
+            raise protocol.ProtocolError("bad_frame", f"the first frame must be 'start': {exc}") from exc
         if not isinstance(frame, protocol.Start):
             raise protocol.ProtocolError("bad_frame", "the first frame must be 'start'")
         decoder = AudioDecoder(frame.sample_rate, frame.encoding, self.cfg.engine.max_chunk_s)
@@ -295,6 +302,8 @@ class Ingest:
                 if isinstance(frame, protocol.Audio | protocol.End):
                     active_at = asyncio.get_running_loop().time()
                 if isinstance(frame, protocol.Audio):
+                    if relay.session.ended:  # checked here too, so an empty frame is refused as well
+                        raise protocol.ProtocolError("bad_frame", "audio after end")
                     try:
                         samples = decoder.decode(frame.data)
                     except BadAudioError as exc:
@@ -355,8 +364,8 @@ class Ingest:
             tenant = await self._authenticate(request.headers, request.query_params)
         except CaptionsError as exc:
             return error_response(exc)
-        body = await request.body()
-        if len(body) > MAX_UPLOAD_BYTES:
+        body = await _read_upload(request)
+        if body is None:
             return _error_response("too_large", f"upload exceeds {MAX_UPLOAD_BYTES} bytes")
         try:
             samples = _read_audio(body)
@@ -422,6 +431,21 @@ async def _feed_file(relay: Relay, samples: np.ndarray, max_pending_s: float) ->
     relay.end()
 
 
+async def _read_upload(request: Request) -> bytes | None:
+    """The body, or None as soon as it is known to be over MAX_UPLOAD_BYTES (declared or read so far):
+    an oversized upload is never held whole in memory, nor waited for."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_UPLOAD_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _read_audio(body: bytes) -> np.ndarray:
     try:
         data, rate = soundfile.read(io.BytesIO(body), dtype="float32", always_2d=True)
@@ -429,7 +453,7 @@ def _read_audio(body: bytes) -> np.ndarray:
         raise BadAudioError(f"cannot read the uploaded audio: {exc}") from exc
     if len(data) == 0:
         raise BadAudioError("the uploaded audio is empty")
-    return np.clip(resample(data.mean(axis=1), rate), -1.0, 1.0)
+    return to_engine_audio(data.mean(axis=1), rate)
 
 
 def _error_response(code: str, message: str) -> JSONResponse:

@@ -91,7 +91,8 @@ def _parse_start(msg: dict[str, Any]) -> Start:
             "bad_frame", f"start.sample_rate must be an integer in [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}]"
         )
     encoding = msg.get("encoding")
-    if encoding not in ENCODINGS:
+    # The type first: `in` on a dict raises TypeError for a list or map.
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise ProtocolError(
             "unsupported_encoding", f"encoding {encoding!r} is not one of {sorted(ENCODINGS)}"
         )

@@ -113,6 +113,7 @@ def test_expired_viewer_token(env):
         (b'{"ttl_s": "long"}', {}),
         (b'{"ttl_s": 999999}', {}),
         (b'{"ttl_s": -1}', {}),
+        (b'{"ttl_s": ' + b"[" * 2000 + b"]" * 2000 + b"}", {}),  # deeper than json's recursion limit
     ],
 )
 def test_malformed_or_oversized_token_requests(env, body, headers):
@@ -123,10 +124,30 @@ def test_malformed_or_oversized_token_requests(env, body, headers):
     assert client.get("/v1/streams/s1/transcript.json", headers=bearer(ACME_KEY)).status_code == 200
 
 
-def test_malformed_stream_id(env):
+@pytest.mark.parametrize("stream_id", ["x" * 100, "%2e%2e", "caf%C3%A9", "%C2%B2", "s1%27%3B%20DROP%20TABLE%20streams"])
+def test_malformed_stream_id(env, stream_id: str):
+    """Only [A-Za-z0-9_-], as the message says: str.isalnum() alone also lets 'é' and '²' through."""
     _, _, client = env
-    response = client.get("/v1/streams/" + "x" * 100 + "/transcript.json", headers=bearer(ACME_KEY))
+    response = client.get(f"/v1/streams/{stream_id}/transcript.json", headers=bearer(ACME_KEY))
     assert response.status_code == 400 and response.json()["error"]["code"] == "bad_request"
+
+
+def test_no_route_and_wrong_method_are_json_errors(tmp_path: Path):
+    """With the ingest's handler, Starlette's own 404/405 have the same JSON shape as every other error."""
+    from starlette.exceptions import HTTPException
+
+    from captions.http import http_exception_response
+
+    store = TranscriptStore(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    app = Starlette(routes=caption_routes(store, Authenticator({}), CaptionHub()),
+                    exception_handlers={HTTPException: http_exception_response})
+    client = TestClient(app)
+    # %2F is decoded before routing: the id holds '/', so no route matches.
+    missing = client.get("/v1/streams/..%2F..%2Fetc/transcript.json")
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "not_found")
+    wrong = client.get("/v1/streams/s1/viewer-tokens")
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (405, "method_not_allowed")
+    assert "POST" in wrong.headers["allow"]
 
 
 def test_events_replay_a_stream_published_here(env):

@@ -81,6 +81,29 @@ def test_a_truncated_file_is_bad_audio() -> None:
     assert err.value.code == "bad_audio"
 
 
+def wav_file(samples: np.ndarray, rate: int, subtype: str) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format="WAV", subtype=subtype)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("wav", [
+    # NaN survives clipping: the model would hear it.
+    wav_file(np.array([0.1, np.nan, -0.1, np.inf] * 400, np.float32), SAMPLE_RATE, "FLOAT"),
+    # 1 Hz: each sample would become 16000, a few KB asking for hours of audio.
+    wav_file(np.zeros(400, np.float32), 1, "PCM_16"),
+    wav_file(np.zeros(400, np.float32), 200_000, "PCM_16"),
+], ids=["nan", "1_hz", "200_khz"])
+def test_uploads_with_nan_or_absurd_rates_are_bad_audio(wav: bytes) -> None:
+    """Both upload paths (FFmpeg for the OpenAI route, libsndfile for POST /v1/transcribe) refuse them."""
+    from deployments.ingest import _read_audio
+
+    for decode in (lambda: decode_file(io.BytesIO(wav)), lambda: _read_audio(wav)):
+        with pytest.raises(BadAudioError) as err:
+            decode()
+        assert err.value.code == "bad_audio"
+
+
 @pytest.mark.parametrize("law", ["ulaw", "alaw"])
 def test_g711_expands_to_the_pcm16_it_encodes(law: str) -> None:
     source = (tone(0.5)[::2] * 32767).astype(np.int16)  # 8 kHz

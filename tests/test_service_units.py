@@ -44,6 +44,9 @@ def test_client_frames_parse() -> None:
         (msgpack.packb([1, 2]), "bad_frame", True),
         (frame(type="audio", data="a string"), "bad_frame", True),
         (frame(type="start", sample_rate=16000, encoding="mp3"), "unsupported_encoding", True),
+        # A list or map is unhashable: it must be answered, not crash the socket with a TypeError.
+        (frame(type="start", sample_rate=16000, encoding=["pcm_s16le"]), "unsupported_encoding", True),
+        (frame(type="start", sample_rate=16000, encoding={"pcm_s16le": 1}), "unsupported_encoding", True),
         (frame(type="start", sample_rate=0, encoding="pcm_s16le"), "bad_frame", True),
         (frame(type="start", sample_rate=16000, encoding="pcm_s16le", resume={"session_id": 1}), "bad_frame", True),
         (frame(type="audio", data=b"\x00" * (LIMIT + 1)), "frame_too_large", True),
