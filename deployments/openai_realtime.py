@@ -11,8 +11,11 @@ them; `...completed` follows the commit. One item is transcribed at a time:
 the next item's stream opens once the previous one completed, so a socket
 holds one of the tenant's concurrent streams.
 
-No voice activity detection yet: turn_detection is null (refused
-otherwise), and speech_started/speech_stopped are never sent.
+Items go through the ingest's voice activity gate like native streams. With
+turn_detection {type: server_vad} the gate also drives the turns: speech
+onsets send input_audio_buffer.speech_started, the end of an utterance
+speech_stopped, and the item is committed right then (the client may still
+commit earlier); the next append starts the next item.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from deployments.relay import Relay, RelayError, SinkClosed
 from deployments.session import Session
 from engine.errors import BadAudioError
 from engine.features import SAMPLE_RATE
+from engine.vad import Audio, Endpoint, Piece, VadConfig
 
 log = logging.getLogger("ray.serve")
 
@@ -87,6 +91,7 @@ class Item:
     audio_s: float = 0.0
     texts: list[str] = field(default_factory=list)  # committed words so far
     previous_id: str | None = None  # set on commit
+    in_speech: bool = False  # server_vad: between speech_started and speech_stopped
 
 
 class RealtimeRoute:
@@ -135,7 +140,7 @@ class RealtimeConnection:
     async def run(self, tenant: Tenant) -> None:
         """Client events until the socket closes (WebSocketDisconnect) or a fatal OpenAIError."""
         self.tenant = tenant
-        await self.send(events.session_event("created", self.dialect, self.session_id, self.settings))
+        await self.send(events.session_event("created", self.dialect, self.session_id, self.settings, self._vad))
         while True:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
@@ -195,12 +200,15 @@ class RealtimeConnection:
     async def update(self, session: Any, dialect: str) -> None:
         """New settings apply to the next item; the current one keeps its language and prompt."""
         settings = events.apply_update(self.settings, session, self.model_ids)
+        if settings.server_vad and not self.host.cfg.ingest.vad.enabled:
+            raise OpenAIError("bad_request", "server_vad needs the service's voice activity gate, which is off "
+                              "(ingest.vad.enabled)", "session.turn_detection")
         format_changed = (settings.audio_format, settings.sample_rate) != (self.settings.audio_format,
                                                                             self.settings.sample_rate)
         self.settings = settings
         if format_changed:
             self.audio = self._input_audio()
-        await self.send(events.session_event("updated", dialect, self.session_id, settings))
+        await self.send(events.session_event("updated", dialect, self.session_id, settings, self._vad))
 
     async def append(self, audio: Any) -> None:
         if not isinstance(audio, str):
@@ -260,6 +268,8 @@ class RealtimeConnection:
         session = Session(self.settings.language, self.host.cfg.ingest.max_replay_s, prompt=self.settings.prompt)
         relay = await open_relay(self.host, session, self.tenant)
         item = Item("item_" + session.session_id, relay)
+        if self.settings.server_vad:
+            relay.on_gated = lambda pieces, at: self._on_gated(item, pieces, at)
         await relay.attach(lambda frame: self._on_frame(item, frame))
         self._spawn(self._watch(relay))
         self.current = item
@@ -277,6 +287,33 @@ class RealtimeConnection:
                 await self.send(event)
         elif msg["type"] == "error":  # the relay counted it
             await self.send(events.failed_event(item.id, OpenAIError(msg["code"], msg["message"])))
+
+    def _on_gated(self, item: Item, pieces: list[Piece], at: int) -> None:
+        """server_vad: onsets and utterance ends of the item's audio, as the gate saw them."""
+        turn_events, position, ended = [], at, False
+        for piece in pieces:
+            if isinstance(piece, Audio):
+                if not item.in_speech:
+                    item.in_speech = True
+                    turn_events.append(events.speech_event("started", item.id, position / SAMPLE_RATE))
+                position += len(piece.samples)
+            elif isinstance(piece, Endpoint):
+                if item.in_speech:
+                    item.in_speech, ended = False, True
+                    turn_events.append(events.speech_event("stopped", item.id, position / SAMPLE_RATE))
+            else:
+                position += piece.samples
+        if turn_events:
+            self._spawn(self._turn(item, turn_events, commit=ended))
+
+    async def _turn(self, item: Item, turn_events: list[dict[str, Any]], commit: bool) -> None:
+        try:
+            for event in turn_events:
+                await self.send(event)
+            if commit and self.current is item:
+                await self.commit()
+        except SinkClosed:
+            pass  # the socket is gone: close() drops or finishes the item
 
     async def _watch(self, relay: Relay) -> None:
         """Once an item's stream is over (final, failure, abort): stop its tasks, close its captions."""
@@ -303,6 +340,10 @@ class RealtimeConnection:
 
     def _input_audio(self) -> InputAudio:
         return InputAudio(self.settings, self.host.cfg.engine.max_chunk_s)
+
+    @property
+    def _vad(self) -> VadConfig:
+        return self.host.cfg.ingest.vad
 
 
 def _key_headers(headers: Mapping[str, str], offered: list[str]) -> Mapping[str, str]:

@@ -18,6 +18,7 @@ from deployments.g711 import G711_RATE
 from deployments.openai_errors import OpenAIError
 from deployments.openai_params import check_language, check_model
 from deployments.protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from engine.vad import VadConfig
 
 # The rate OpenAI's `audio/pcm` (beta: `pcm16`) is sent at.
 OPENAI_PCM_RATE = 24_000
@@ -37,6 +38,8 @@ class Settings:
     prompt: str = ""
     audio_format: str = PCM16  # PCM16 (little-endian), ULAW or ALAW
     sample_rate: int = OPENAI_PCM_RATE
+    # turn_detection server_vad: the service commits each item when the speaker stops.
+    server_vad: bool = False
 
 
 def event_id() -> str:
@@ -61,7 +64,7 @@ def _apply_ga(settings: Settings, session: dict, audio_input: dict, model_ids: t
     prefix = "session.audio.input"
     if "format" in audio_input:
         settings = _ga_format(settings, audio_input["format"], f"{prefix}.format")
-    _check_turn_detection(audio_input.get("turn_detection"), f"{prefix}.turn_detection")
+    settings = _turn_detection(settings, audio_input, f"{prefix}.turn_detection")
     _check_include(session.get("include"))
     transcription = _object(audio_input, "transcription", prefix)
     return _apply_transcription(settings, transcription, f"{prefix}.transcription", model_ids)
@@ -74,7 +77,7 @@ def _apply_beta(settings: Settings, session: dict, model_ids: tuple[str, ...]) -
             raise OpenAIError("bad_request", f"input_audio_format {value!r} is not supported; use one of "
                               f"{', '.join(_BETA_RATES)}", "session.input_audio_format")
         settings = replace(settings, audio_format=value, sample_rate=_BETA_RATES[value])
-    _check_turn_detection(session.get("turn_detection"), "session.turn_detection")
+    settings = _turn_detection(settings, session, "session.turn_detection")
     _check_include(session.get("include"))
     transcription = _object(session, "input_audio_transcription", "session")
     return _apply_transcription(settings, transcription, "session.input_audio_transcription", model_ids)
@@ -107,11 +110,22 @@ def _ga_format(settings: Settings, value: Any, param: str) -> Settings:
     return replace(settings, audio_format=PCM16, sample_rate=rate)
 
 
-def _check_turn_detection(value: Any, param: str) -> None:
-    # No voice activity detection yet: the client commits each item (turn_detection null).
-    if value is not None:
-        raise OpenAIError("bad_request", "turn detection (server_vad, semantic_vad) is not available here: set "
-                          "turn_detection to null and send input_audio_buffer.commit", param)
+def _turn_detection(settings: Settings, parent: dict, param: str) -> Settings:
+    """null: the client commits items; {type: server_vad}: the service does, at the speaker's pauses.
+
+    server_vad's numbers (threshold, prefix_padding_ms, silence_duration_ms)
+    are the service's voice activity gate settings (ingest.vad), shared by all
+    streams: a session's own are ignored, and the effective ones are echoed.
+    """
+    if "turn_detection" not in parent:
+        return settings
+    value = parent["turn_detection"]
+    if value is None:
+        return replace(settings, server_vad=False)
+    if not isinstance(value, dict) or value.get("type") != "server_vad":
+        raise OpenAIError("bad_request", "turn_detection must be null or {type: server_vad} (semantic_vad is "
+                          "not available here)", param)
+    return replace(settings, server_vad=True)
 
 
 def _check_include(value: Any) -> None:
@@ -136,20 +150,24 @@ def _optional_text(parent: dict, key: str, where: str) -> str | None:
 
 
 # ------------------------------------------------------------------ server events
-def session_event(kind: str, dialect: str, session_id: str, settings: Settings) -> dict[str, Any]:
+def session_event(kind: str, dialect: str, session_id: str, settings: Settings, vad: VadConfig) -> dict[str, Any]:
     """`created` or `updated`: the effective configuration, in the dialect's shape."""
     transcription = {"model": settings.model, "language": settings.language, "prompt": settings.prompt}
+    turn = None
+    if settings.server_vad:
+        turn = {"type": "server_vad", "threshold": vad.threshold, "prefix_padding_ms": round(vad.pad_s * 1000),
+                "silence_duration_ms": round(vad.endpoint_s * 1000)}
     if dialect == BETA:
         session: dict[str, Any] = {
             "id": session_id, "object": "realtime.transcription_session", "modalities": ["text"],
             "input_audio_format": settings.audio_format, "input_audio_transcription": transcription,
-            "turn_detection": None, "input_audio_noise_reduction": None, "include": [],
+            "turn_detection": turn, "input_audio_noise_reduction": None, "include": [],
         }
         return {"type": f"transcription_session.{kind}", "event_id": event_id(), "session": session}
     session = {
         "type": "transcription", "id": session_id, "object": "realtime.transcription_session",
         "audio": {"input": {"format": _ga_format_object(settings),
-                            "transcription": transcription, "turn_detection": None, "noise_reduction": None}},
+                            "transcription": transcription, "turn_detection": turn, "noise_reduction": None}},
         "include": [],
     }
     return {"type": f"session.{kind}", "event_id": event_id(), "session": session}
@@ -174,6 +192,13 @@ def committed_events(dialect: str, item_id: str, previous_item_id: str | None) -
          "previous_item_id": previous_item_id},
         {"type": added, "event_id": event_id(), "previous_item_id": previous_item_id, "item": item},
     ]
+
+
+def speech_event(kind: str, item_id: str, at_s: float) -> dict[str, Any]:
+    """`started` (audio_start_ms) or `stopped` (audio_end_ms), in milliseconds of the item's audio."""
+    field = "audio_start_ms" if kind == "started" else "audio_end_ms"
+    return {"type": f"input_audio_buffer.speech_{kind}", "event_id": event_id(), "item_id": item_id,
+            field: round(at_s * 1000)}
 
 
 def delta_event(item_id: str, delta: str) -> dict[str, Any]:

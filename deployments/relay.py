@@ -30,7 +30,7 @@ from deployments.metrics import IngestMetrics
 from deployments.session import Session, SessionWord
 from deployments.vad_worker import VadWorker
 from engine.features import SAMPLE_RATE
-from engine.vad import GateState
+from engine.vad import GateState, Piece
 
 log = logging.getLogger("ray.serve")
 
@@ -66,6 +66,8 @@ class Relay:
         self.sink: Sink | None = None
         # Set when another socket takes the session over (see attach).
         self.displaced = asyncio.Event()
+        # Told what the voice activity gate let out (pieces, and the session sample they start at).
+        self.on_gated: Callable[[list[Piece], int], None] | None = None
         self.done = asyncio.Event()
         self.failure: RelayError | None = None
         # Events of the stream's link (dicts), or the link the stream lost.

@@ -74,12 +74,18 @@ class VadWorker:
             if samples:
                 work.append((relay, np.concatenate(samples)))
         for (relay, _), pieces in zip(work, self._gate.process([(r.session.gate, s) for r, s in work])):
+            at = relay.session.received
             relay.session.add_pieces(pieces)
+            if relay.on_gated is not None and pieces:
+                relay.on_gated(pieces, at)
         for relay in relays:
             session = relay.session
             if session.ended and not session.ungated and not session.gate_done:
-                session.add_pieces(flush(session.gate))
+                at, pieces = session.received, flush(session.gate)
+                session.add_pieces(pieces)
                 session.gate_done = True
+                if relay.on_gated is not None and pieces:
+                    relay.on_gated(pieces, at)
             relay.nudge()
 
 

@@ -22,6 +22,7 @@ from deployments.relay import RelayError
 from deployments.session import Session, SessionWord
 from engine.errors import BadAudioError
 from engine.features import SAMPLE_RATE
+from engine.vad import VadConfig
 
 from .audio_encode import FORMATS, encode
 from .conftest import noise
@@ -221,6 +222,22 @@ def test_service_errors_get_openai_statuses(exc: Exception, status: int, kind: s
 
 
 # ------------------------------------------------------------------ Realtime
+VAD = VadConfig()
+
+
+def test_server_vad_turn_detection_is_taken_and_echoed_with_the_gates_settings() -> None:
+    settings = events.Settings(model="tiny-en")
+    vad = events.apply_update(settings, {"type": "transcription", "audio": {"input": {
+        "turn_detection": {"type": "server_vad", "silence_duration_ms": 900}}}}, MODELS)
+    assert vad.server_vad
+    echoed = events.session_event("updated", events.GA, "s", vad, VAD)["session"]["audio"]["input"]["turn_detection"]
+    # The gate's own settings apply (they are the ingest's, shared by all streams).
+    assert echoed == {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 200, "silence_duration_ms": 400}
+    assert events.apply_update(vad, {"turn_detection": None}, MODELS).server_vad is False
+    assert events.apply_update(vad, {"input_audio_transcription": {"language": "en"}}, MODELS).server_vad
+    assert events.speech_event("stopped", "item_1", 1.2345)["audio_end_ms"] == 1234
+
+
 def test_realtime_updates_in_both_dialects() -> None:
     settings = events.Settings(model="tiny-en")
     ga = events.apply_update(settings, {"type": "transcription", "audio": {"input": {
@@ -230,25 +247,25 @@ def test_realtime_updates_in_both_dialects() -> None:
     beta = events.apply_update(ga, {"input_audio_format": "pcm16", "turn_detection": None,
                                     "input_audio_transcription": {"language": "auto"}}, MODELS)
     assert beta == events.Settings("tiny-en", None, "names: Qwen", sample_rate=24000)
-    created = events.session_event("created", events.BETA, "sess_1", beta)
+    created = events.session_event("created", events.BETA, "sess_1", beta, VAD)
     assert created["type"] == "transcription_session.created"
     assert created["session"]["input_audio_transcription"]["prompt"] == "names: Qwen"
-    updated = events.session_event("updated", events.GA, "sess_1", ga)
+    updated = events.session_event("updated", events.GA, "sess_1", ga, VAD)
     assert updated["session"]["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 16000}
     # G.711 is 8 kHz in both dialects.
     ulaw = events.apply_update(ga, {"type": "transcription", "audio": {"input": {"format": {"type": "audio/pcmu"}}}},
                                MODELS)
     assert (ulaw.audio_format, ulaw.sample_rate) == (events.ULAW, 8000)
-    assert events.session_event("updated", events.GA, "s", ulaw)["session"]["audio"]["input"]["format"] == \
+    assert events.session_event("updated", events.GA, "s", ulaw, VAD)["session"]["audio"]["input"]["format"] == \
         {"type": "audio/pcmu"}
     alaw = events.apply_update(ga, {"input_audio_format": "g711_alaw"}, MODELS)
     assert (alaw.audio_format, alaw.sample_rate) == (events.ALAW, 8000)
-    assert events.session_event("updated", events.BETA, "s", alaw)["session"]["input_audio_format"] == "g711_alaw"
+    assert events.session_event("updated", events.BETA, "s", alaw, VAD)["session"]["input_audio_format"] == "g711_alaw"
 
 
 @pytest.mark.parametrize("session,param", [
     ({"type": "realtime"}, "session.type"),
-    ({"audio": {"input": {"turn_detection": {"type": "server_vad"}}}}, "session.audio.input.turn_detection"),
+    ({"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}, "session.audio.input.turn_detection"),
     ({"turn_detection": {"type": "semantic_vad"}}, "session.turn_detection"),
     ({"audio": {"input": {"format": {"type": "audio/opus"}}}}, "session.audio.input.format.type"),
     ({"input_audio_format": "mp3"}, "session.input_audio_format"),

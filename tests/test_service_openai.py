@@ -234,6 +234,56 @@ def test_realtime_transcription_gives_deltas_then_the_native_transcript(service,
     assert stored["status"] == "ended" and stored["words"] == native["words"]
 
 
+def test_realtime_server_vad_commits_each_utterance(service, key: str, model: str) -> None:
+    """turn_detection server_vad: two sentences 1.5 s apart, never committed by the client, become two
+    items, each with speech_started, speech_stopped, committed and completed."""
+    quiet = lambda s: np.zeros(int(s * SAMPLE_RATE), np.float32)  # noqa: E731
+    samples = np.concatenate([speech(3.0, seed=50), quiet(1.5), speech(3.0, seed=51), quiet(1.5)])
+    pcm = pcm16(resample_24k(samples))
+
+    async def run():
+        got = []
+        async with async_sdk(key).realtime.connect(extra_query={"intent": "transcription"}) as conn:
+            await conn.session.update(session={"type": "transcription", "audio": {"input": {
+                "format": {"type": "audio/pcm", "rate": REALTIME_RATE},
+                "transcription": {"model": model, "language": "en"}, "turn_detection": {"type": "server_vad"}}}})
+            step = int(2 * REALTIME_RATE * CHUNK_S)
+            started = time.monotonic()
+
+            async def send() -> None:
+                for i, begin in enumerate(range(0, len(pcm), step)):
+                    await asyncio.sleep(max(0.0, started + i * CHUNK_S / 2.0 - time.monotonic()))
+                    await conn.input_audio_buffer.append(audio=base64.b64encode(pcm[begin : begin + step]).decode())
+
+            sender = asyncio.create_task(send())
+            async with asyncio.timeout(60):
+                async for event in conn:
+                    got.append(event)
+                    assert event.type != "error", event
+                    done = [e for e in got if e.type == "conversation.item.input_audio_transcription.completed"]
+                    if len(done) == 2:
+                        break
+            await sender
+        return got
+
+    got = asyncio.run(run())
+    updated = next(e for e in got if e.type == "session.updated")
+    assert updated.session.audio.input.turn_detection.type == "server_vad"
+    by_item: dict[str, list[str]] = {}
+    for event in got:
+        if getattr(event, "item_id", None):
+            by_item.setdefault(event.item_id, []).append(event.type)
+    completed = [e for e in got if e.type == "conversation.item.input_audio_transcription.completed"]
+    assert len(completed) == 2 and all(c.transcript for c in completed)
+    for c in completed:
+        kinds = by_item[c.item_id]
+        assert kinds.index("input_audio_buffer.speech_started") < kinds.index("input_audio_buffer.speech_stopped") \
+            < kinds.index("input_audio_buffer.committed"), kinds
+    stopped = [e for e in got if e.type == "input_audio_buffer.speech_stopped"]
+    # The first utterance ends after ~3 s of speech plus the gate's endpoint (0.4 s) of silence.
+    assert 2500 <= stopped[0].audio_end_ms <= 4500, stopped[0]
+
+
 def test_realtime_beta_dialect_its_errors_and_g711(service, samples, key: str, model: str) -> None:
     """The beta SDK connection: transcription_session.* events; bad events are error events, the session goes on.
 
