@@ -82,10 +82,13 @@ class ResilientStream:
     session_id: str = ""
     # All live audio was sent and `end` with it (it is sent again after a resume).
     ended: bool = False
+    # Sending is paced at most this much faster than real time (see CATCH_UP).
+    catch_up: float = CATCH_UP
 
     async def run(self, chunks: Iterable[bytes], chunk_s: float, speed: float = 1.0) -> dict[str, Any]:
         """Stream a file's chunks at `speed` x real time; the `final` frame (see run_live)."""
         live: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.catch_up = max(CATCH_UP, speed)  # a file streamed at 4x is sent at 4x
         feeder = asyncio.create_task(_pace(chunks, chunk_s, speed, live))
         try:
             return await self.run_live(live, chunk_s)
@@ -155,11 +158,11 @@ class ResilientStream:
         due = time.monotonic()
 
         async def send(chunk: bytes) -> None:
-            # At most CATCH_UP x real time: a backlog goes out quickly but within the service's limits.
+            # At most catch_up x real time: a backlog goes out quickly but within the service's limits.
             nonlocal due
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             await stream.send_audio(chunk)
-            due = max(due, time.monotonic()) + len(chunk) / BYTES_PER_SAMPLE / self.rate / CATCH_UP
+            due = max(due, time.monotonic()) + len(chunk) / BYTES_PER_SAMPLE / self.rate / self.catch_up
 
         for begin in range(0, len(resend), step):
             await send(resend[begin : begin + step])

@@ -402,3 +402,16 @@ def test_one_fault_under_eight_streams_loses_and_repeats_no_word(service, key: s
     slowest = max(took for _, took in results)
     print(f"\n{victim} killed: {sum(c.reconnects for c in clients)} reconnects, "
           f"slowest stream {slowest:.1f} s for 12 s of audio")
+
+
+def test_the_client_cli_streams_a_file(service, wav: Path, key: str) -> None:
+    """`python -m client stream` (the resilient client) prints the words and exits 0 on the final."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "client", "stream", str(wav), "--key", key, "--url", WS_URL, "--language", "en",
+         "--speed", "4", "--jsonl"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    words = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert words and all({"text", "start", "end"} <= set(w) for w in words)
+    assert "[final]" in proc.stderr and "0 reconnects" in proc.stderr

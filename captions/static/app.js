@@ -34,7 +34,8 @@ function authHeaders() {
 const FATAL = new Set(["bad_frame", "unsupported_encoding", "frame_too_large", "bad_audio", "bad_request",
   "unauthorized", "quota_exceeded", "resume_failed", "idle_timeout", "internal"]);
 const FRAME_SAMPLES = 1600;
-// Audio sent but not acknowledged (`ack`): sent again after a resume. frames[i] starts at sample keptFrom + i * 1600.
+// Audio sent but not acknowledged (`ack_s` of words frames): sent again after a resume.
+// kept[i] starts at sample keptFrom + i * 1600 of the session.
 let kept = [], keptFrom = 0, resumeToken = null, ended = false, finished = false, failures = 0;
 
 function keep(frame) {
@@ -89,9 +90,11 @@ function connect(key) {
     if (msg.type === "ready") {
       failures = 0;
       resumeToken = msg.resume_token;
-      // Everything kept from where the session resumes (all of it for a new one), then live frames.
-      const from = Math.max(0, Math.floor(((msg.resume_from_s || 0) * 16000 - keptFrom) / FRAME_SAMPLES));
-      for (const pcm of kept.slice(from)) sendAudio(pcm);
+      // Everything kept from where the session resumes (all of it for a new one), to the sample,
+      // then live frames.
+      const skip = Math.max(0, Math.round((msg.resume_from_s || 0) * 16000) - keptFrom);
+      const first = Math.floor(skip / FRAME_SAMPLES);
+      kept.slice(first).forEach((pcm, i) => sendAudio(i === 0 ? pcm.slice(skip - first * FRAME_SAMPLES) : pcm));
       socket.live = true;
       if (ended) socket.send(encode({ type: "end" }));
     } else if (msg.type === "words" && msg.ack_s !== undefined) {
