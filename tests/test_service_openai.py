@@ -300,7 +300,7 @@ def test_realtime_beta_dialect_its_errors_and_g711(service, samples, key: str, m
             await conn.send({"type": "input_audio_buffer.commit", "event_id": "commit-early"})
             got.append(await conn.recv())
             await conn.send({"type": "transcription_session.update",
-                             "session": {"turn_detection": {"type": "server_vad"}}})
+                             "session": {"turn_detection": {"type": "semantic_vad"}}})
             got.append(await conn.recv())
             await conn.send({"type": "response.create"})
             got.append(await conn.recv())
