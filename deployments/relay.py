@@ -108,6 +108,13 @@ class Relay:
             self.vad.mark(self)
         self.nudge()
 
+    def gated(self, pieces: list[Piece]) -> None:
+        """What the voice activity gate let out goes into the session (and to `on_gated`)."""
+        at = self.session.received
+        self.session.add_pieces(pieces)
+        if self.on_gated is not None and pieces:
+            self.on_gated(pieces, at)
+
     def nudge(self) -> None:
         """The session has something new for the model."""
         if self.link is not None:

@@ -192,9 +192,14 @@ class Session:
         )
 
     @property
+    def ungated_samples(self) -> int:
+        """Audio received that the voice activity gate has not scored yet."""
+        return sum(len(s) for s in self.ungated)
+
+    @property
     def held_s(self) -> float:
         """Session audio this ingest holds (received, gated or not): a resumed client sends what follows."""
-        return (self.received + sum(len(s) for s in self.ungated)) / SAMPLE_RATE
+        return (self.received + self.ungated_samples) / SAMPLE_RATE
 
     @property
     def gate_flushed(self) -> bool:
@@ -223,7 +228,7 @@ class Session:
     @property
     def pending_s(self) -> float:
         """Audio received that no model replica has accepted yet (the backpressure measure)."""
-        return (self.received - self.accepted + sum(len(s) for s in self.ungated)) / SAMPLE_RATE
+        return (self.received - self.accepted + self.ungated_samples) / SAMPLE_RATE
 
     def add_audio(self, samples: np.ndarray) -> None:
         """Audio for the model (through the VAD gate, if any)."""

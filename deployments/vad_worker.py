@@ -74,18 +74,12 @@ class VadWorker:
             if samples:
                 work.append((relay, np.concatenate(samples)))
         for (relay, _), pieces in zip(work, self._gate.process([(r.session.gate, s) for r, s in work])):
-            at = relay.session.received
-            relay.session.add_pieces(pieces)
-            if relay.on_gated is not None and pieces:
-                relay.on_gated(pieces, at)
+            relay.gated(pieces)
         for relay in relays:
             session = relay.session
             if session.ended and not session.ungated and not session.gate_done:
-                at, pieces = session.received, flush(session.gate)
-                session.add_pieces(pieces)
+                relay.gated(flush(session.gate))
                 session.gate_done = True
-                if relay.on_gated is not None and pieces:
-                    relay.on_gated(pieces, at)
             relay.nudge()
 
 
