@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.shapes import padded
 from engine.timing import AudioGrid, conv_tokens
 
 
@@ -55,7 +56,8 @@ class WindowEncoder:
     def conv(self, pieces: list[np.ndarray]) -> torch.Tensor:
         """Conv stack + projection + chunk position embedding: [n, 13, d_model]."""
         tower, chunk = self.tower, self.grid.chunk_frames
-        feats = np.zeros((len(pieces), 1, pieces[0].shape[0], chunk), np.float32)
+        # A padded number of chunks (engine/shapes.py); the padding chunks are silence, dropped below.
+        feats = np.zeros((padded(len(pieces)), 1, pieces[0].shape[0], chunk), np.float32)
         for i, piece in enumerate(pieces):
             feats[i, 0, :, : piece.shape[1]] = piece
         weight = tower.conv2d1.weight
@@ -64,7 +66,7 @@ class WindowEncoder:
         x = F.gelu(tower.conv2d2(x))
         x = F.gelu(tower.conv2d3(x))
         n, channels, freq, steps = x.shape
-        x = tower.conv_out(x.permute(0, 3, 1, 2).reshape(n, steps, channels * freq))
+        x = tower.conv_out(x.permute(0, 3, 1, 2).reshape(n, steps, channels * freq))[: len(pieces)]
         return x + tower.positional_embedding.positional_embedding[:steps].to(x.dtype)
 
     def windows(self, chunks: torch.Tensor, layout: ChunkLayout) -> list[torch.Tensor]:
@@ -75,16 +77,20 @@ class WindowEncoder:
         for i, (count, w) in enumerate(zip(layout.token_counts, layout.window_of)):
             rows[w].append(chunks[i, :count])
             fill[w] += count
+        # A padded number of windows (engine/shapes.py): padding windows are zeros that see
+        # themselves (a window that sees nothing would be NaN), and are never read back.
+        n_padded = padded(n_windows)
         x = torch.stack([F.pad(torch.cat(r), (0, 0, 0, width - f)) for r, f in zip(rows, fill)])
-        valid = torch.arange(width, device=device)[None, :] < torch.tensor(fill, device=device)[:, None]
-        mask = valid[:, None, None, :]
+        x = F.pad(x, (0, 0, 0, 0, 0, n_padded - n_windows))
+        sees = torch.tensor(fill + [width] * (n_padded - n_windows), device=device)
+        mask = (torch.arange(width, device=device)[None, :] < sees[:, None])[:, None, None, :]
         for layer in tower.layers:
             attn = layer.self_attn
             h = layer.self_attn_layer_norm(x)
-            shape = (n_windows, width, attn.num_heads, attn.head_dim)
+            shape = (n_padded, width, attn.num_heads, attn.head_dim)
             q, k, v = (proj(h).view(shape).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling)
-            x = x + attn.out_proj(a.transpose(1, 2).reshape(n_windows, width, -1))
+            x = x + attn.out_proj(a.transpose(1, 2).reshape(n_padded, width, -1))
             x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
             if x.dtype == torch.float16:
                 # The HF layer clamps fp16 activations the same way.

@@ -35,6 +35,7 @@ from engine.batch import EncodeRequest, ForwardBatch, RunnerOutput, StepPlan
 from engine.encoder import WindowEncoder
 from engine.heads import Head
 from engine.loader import LoadedModel
+from engine.shapes import padded
 from engine.timing import AudioGrid
 
 
@@ -225,30 +226,35 @@ class ModelRunner:
         pos = torch.from_numpy(pos_np).to(dev)
         slots = torch.from_numpy(batch.slots).to(dev)
         token_slot = slots[torch.from_numpy(row_of).to(dev)]
-        x = self._embed_tokens(batch, pos_np, row_of, token_slot, pos)
-        cos, sin = self._cos[pos][:, None], self._sin[pos][:, None]
+        # Token-wise work runs over a padded number of rows (engine/shapes.py): padding rows are
+        # zeros at position 0, never written to a cache nor attended to.
+        n_tokens, n_rows_padded = len(batch.ids), padded(len(batch.ids))
+        x = F.pad(self._embed_tokens(batch, pos_np, row_of, token_slot, pos), (0, 0, 0, n_rows_padded - n_tokens))
+        pos_padded = F.pad(pos, (0, n_rows_padded - n_tokens))
+        cos, sin = self._cos[pos_padded][:, None], self._sin[pos_padded][:, None]
         groups = [self._group(batch, rows, offsets, probe) for rows in _length_groups(batch.lengths, probe)]
         frames = torch.zeros((n_rows, len(self.heads)), dtype=torch.long, device=dev)
         n_layers = len(self._layers)
         probed = torch.zeros((n_rows, int(batch.lengths.max()), n_layers, self.n_heads), dtype=torch.long,
                              device=dev) if probe else None
-        n_tokens, h_dim, kv_dim = len(batch.ids), self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        h_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         for index, layer in enumerate(self._layers):
             h = self._rms(x, layer.norm_in)
             q, k, v = F.linear(h, layer.qkv).split([h_dim, kv_dim, kv_dim], dim=-1)
-            q = self._rms(q.view(n_tokens, self.n_heads, self.head_dim), layer.q_norm)
-            k = self._rms(k.view(n_tokens, self.n_kv, self.head_dim), layer.k_norm)
+            q = self._rms(q.view(n_rows_padded, self.n_heads, self.head_dim), layer.q_norm)
+            k = self._rms(k.view(n_rows_padded, self.n_kv, self.head_dim), layer.k_norm)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            self.k_cache[index][token_slot, :, pos] = k
-            self.v_cache[index][token_slot, :, pos] = v.view(n_tokens, self.n_kv, self.head_dim)
-            attended = torch.empty_like(q)
+            self.k_cache[index][token_slot, :, pos] = k[:n_tokens]
+            self.v_cache[index][token_slot, :, pos] = v[:n_tokens].view(n_tokens, self.n_kv, self.head_dim)
+            attended = torch.zeros_like(q)
             for group in groups:
                 attended[group.tokens] = self._attend(index, q, group, frames, probed)
-            x = x + F.linear(attended.view(n_tokens, h_dim), layer.out)
+            x = x + F.linear(attended.view(n_rows_padded, h_dim), layer.out)
             gate, up = F.linear(self._rms(x, layer.norm_post), layer.gate_up).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, layer.down)
         last = torch.from_numpy(offsets + batch.lengths - 1).to(dev)
-        logits = F.linear(self._rms(x[last], self._norm), self._lm_head).float()
+        final = F.pad(self._rms(x[last], self._norm), (0, 0, 0, padded(n_rows) - n_rows))
+        logits = F.linear(final, self._lm_head)[:n_rows].float()
         return ForwardOut(
             tokens=logits.argmax(-1).cpu().numpy(),
             frames=frames.cpu().numpy(),

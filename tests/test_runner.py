@@ -11,6 +11,7 @@ from engine.heads import default_heads
 from engine.prompt import PromptTemplate
 from engine.batch import EncodeRequest, ForwardBatch
 from engine.runner import ModelRunner
+from engine.shapes import padded
 
 from .conftest import noise
 
@@ -158,3 +159,31 @@ def test_chunk_cache_equals_fresh_encode(runner, mels) -> None:
         (fresh,) = runner.encode([EncodeRequest(tail)])
         assert_embeddings_close(cached, fresh, 1e-5)
         cached_windows, conv_chunks = frames // window, (frames % window) // 100
+
+
+def test_padded_sizes_cover_every_count_with_few_shapes() -> None:
+    sizes = [padded(n) for n in range(5001)]
+    assert all(s >= n for n, s in enumerate(sizes)) and sizes == sorted(sizes)
+    assert all(s - n <= max(7, n // 8) for n, s in enumerate(sizes))  # at most one ladder step wasted
+    assert len(set(sizes)) <= 60  # 5001 counts, a bounded set of kernels (engine/shapes.py)
+
+
+def test_matrix_products_see_only_padded_row_counts(runner, tiny_model, mels, monkeypatch) -> None:
+    """Every linear and conv of an encode and a forward runs on a ladder size of rows, whatever the batch."""
+    seen: list[int] = []
+    linear, conv = torch.nn.functional.linear, torch.nn.Conv2d._conv_forward
+
+    def linear_rows(x, weight, bias=None):
+        seen.append(int(np.prod(x.shape[:-1])) if x.dim() == 2 else x.shape[0])
+        return linear(x, weight, bias)
+
+    def conv_rows(self, x, weight, bias):
+        seen.append(x.shape[0])
+        return conv(self, x, weight, bias)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", linear_rows)
+    monkeypatch.setattr(torch.nn.Conv2d, "_conv_forward", conv_rows)
+    runner.encode([EncodeRequest(m) for m in mels[1:3]])  # 3 windows, 37 chunks
+    batch, _, _ = prompt_batch(tiny_model, runner, mels[2], slot=0)  # an odd number of tokens
+    runner.forward(batch)
+    assert seen and all(n % 8 == 0 and n == padded(n) for n in seen), sorted(set(seen))
