@@ -66,7 +66,10 @@ REPO = Path(__file__).resolve().parent.parent
 CHUNK_S = 0.1
 BENCH_TENANT = "bench"
 # Process groups whose CPU time is reported, by a piece of their Ray process title.
-GROUPS = {"proxy": "ProxyActor", "ingest": "ServeReplica:captions:Ingest", "model": "ServeReplica:captions:ASRModel"}
+# Processes by a piece of their command line. "proxy" is Serve's proxy actor and, where Serve runs
+# HAProxy in front of the ingest (RAY_SERVE_ENABLE_HA_PROXY), the haproxy processes it starts.
+GROUPS = {"proxy": ("ProxyActor", "bin/haproxy"), "ingest": ("ServeReplica:captions:Ingest",),
+          "model": ("ServeReplica:captions:ASRModel",)}
 # Qwen's byte-level BPE spends about 1.3 tokens per English word (random-weight runs decode
 # this many tokens per word of the workload's reference text, per second of speech).
 TOKENS_PER_WORD = 1.3
@@ -165,7 +168,7 @@ def ray_processes() -> dict[str, list[psutil.Process]]:
     found: dict[str, list[psutil.Process]] = {name: [] for name in (*GROUPS, "ray other")}
     for proc in psutil.process_iter(["cmdline", "name"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        group = next((g for g, mark in GROUPS.items() if mark in cmdline), None)
+        group = next((g for g, marks in GROUPS.items() if any(m in cmdline for m in marks)), None)
         if group is None and ("ray" in cmdline or "ray" in (proc.info["name"] or "")) and proc.pid != os.getpid():
             group = "ray other"
         if group is not None:

@@ -32,8 +32,8 @@ from benchmarks.capacity import REPO, Service, service_stream  # noqa: E402
 from benchmarks.workload import build_streams  # noqa: E402
 
 # Processes sampled, by a piece of their title; "ray" covers the raylet, GCS, dashboard, workers.
-WATCHED = {"proxy": "ProxyActor", "ingest": "ServeReplica:captions:Ingest", "model": "ServeReplica:captions:ASRModel",
-           "controller": "ServeController"}
+WATCHED = {"proxy": "ProxyActor", "haproxy": "bin/haproxy", "ingest": "ServeReplica:captions:Ingest",
+           "model": "ServeReplica:captions:ASRModel", "controller": "ServeController"}
 
 
 @dataclass

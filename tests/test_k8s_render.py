@@ -79,7 +79,17 @@ def test_serve_config_v2_is_serve_config_plus_overrides() -> None:
 def test_everything_but_serve_config_v2_comes_from_the_base() -> None:
     rendered = committed_rayservice()
     del rendered["spec"]["serveConfigV2"]
-    assert rendered == render.load_yaml(render.BASE)
+    assert rendered == render.with_cluster_env(render.load_yaml(render.BASE))
+
+
+def test_every_ray_container_starts_with_the_cluster_env() -> None:
+    from deployments.run import CLUSTER_ENV
+
+    cluster = committed_rayservice()["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        for container in group["template"]["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert {name: env.get(name) for name in CLUSTER_ENV} == CLUSTER_ENV, container["name"]
 
 
 SERVE = {
@@ -136,7 +146,9 @@ def test_override_of_a_name_the_serve_config_lacks_is_an_error(overrides: dict) 
 
 
 def test_serve_config_v2_is_a_yaml_block_string() -> None:
-    text = render.render(SERVE, {}, {"apiVersion": "ray.io/v1", "kind": "RayService", "spec": {}})
+    cluster = {"headGroupSpec": {"template": {"spec": {"containers": []}}}, "workerGroupSpecs": []}
+    text = render.render(SERVE, {}, {"apiVersion": "ray.io/v1", "kind": "RayService",
+                                     "spec": {"rayClusterConfig": cluster}})
     assert "serveConfigV2: |\n" in text
     assert yaml.safe_load(yaml.safe_load(text)["spec"]["serveConfigV2"]) == SERVE
 

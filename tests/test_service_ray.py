@@ -187,7 +187,7 @@ def test_dropped_socket_resumes_and_gets_missed_words(service, samples, key: str
         return words, final
 
     words, final = asyncio.run(run())
-    assert final["type"] == "final" and words and final["words"] == words
+    assert final["type"] == "final" and words and final["words"] == words, final
 
     async def bad_token():
         return await raw_exchange([start_frame(resume={"session_id": "nope", "token": "x"})], key)
@@ -355,6 +355,17 @@ def kill_actor(prefix: str) -> str:
     raise AssertionError(f"no actor named {prefix}*")
 
 
+def kill_proxy() -> None:
+    """The HTTP proxy dies: Serve's proxy actor and the HAProxy processes it runs (they outlive it)."""
+    import psutil
+
+    kill_actor("SERVE_PROXY_ACTOR")
+    haproxies = [p for p in psutil.process_iter(["cmdline"]) if "bin/haproxy" in " ".join(p.info["cmdline"] or [])]
+    assert haproxies, "no HAProxy process (deployments/run.py: CLUSTER_ENV)"
+    for proc in haproxies:
+        proc.kill()
+
+
 def assert_nothing_lost_or_repeated(words: list[dict], final: dict, seen_before: list[dict]) -> None:
     """The client got every committed word once, in order; the final transcript is those words."""
     assert final["words"] == words
@@ -374,15 +385,15 @@ def test_one_fault_under_eight_streams_loses_and_repeats_no_word(service, key: s
     on its replacement from the transcript database."""
     from client.resilient import ResilientStream
 
-    prefix = {"ingest": f"SERVE_REPLICA::{APP}#Ingest#", "proxy": "SERVE_PROXY_ACTOR",
-              "model": f"SERVE_REPLICA::{APP}#ASRModel#"}[victim]
+    kill = {"ingest": lambda: kill_actor(f"SERVE_REPLICA::{APP}#Ingest#"), "proxy": kill_proxy,
+            "model": lambda: kill_actor(f"SERVE_REPLICA::{APP}#ASRModel#")}[victim]
     clients = [ResilientStream(WS_URL, api_key=key, language="en") for _ in range(8)]
     before: list[list[dict]] = []  # each stream's words when the fault came
 
     async def on_frame(frame: dict) -> None:
         if frame["type"] == "words" and not before and sum(len(c.words) for c in clients) >= 8:
             before.extend(list(c.words) for c in clients)
-            kill_actor(prefix)
+            kill()
 
     async def one(i: int) -> tuple[dict, float]:
         clients[i].on_frame = on_frame

@@ -297,3 +297,36 @@ def test_resume_carries_the_clients_word_count() -> None:
     with pytest.raises(ProtocolError):
         parse_client_frame(msgpack.packb({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le",
                                           "resume": {"session_id": "s", "token": "t", "words": -1}}), 1 << 20)
+
+
+@pytest.mark.parametrize("kind", ["websocket", "http"])
+def test_a_cancelled_websocket_request_still_reads_the_frames_sent_before_the_disconnect(kind: str) -> None:
+    """Serve cancels a direct-ingress handler when its client hangs up; the WebSocket handler reads on."""
+    from deployments.outlive_disconnect import OutliveDisconnect
+
+    async def run() -> list[str]:
+        queued: asyncio.Queue[dict] = asyncio.Queue()
+        read: list[str] = []
+        first = asyncio.Event()
+
+        async def handler(scope, receive, send) -> None:
+            while True:
+                message = await receive()
+                read.append(message.get("text", message["type"]))
+                first.set()
+                if message["type"] == "websocket.disconnect":
+                    return
+
+        app = OutliveDisconnect(handler)
+        queued.put_nowait({"type": "websocket.receive", "text": "audio"})
+        request = asyncio.ensure_future(app({"type": kind}, queued.get, None))
+        await first.wait()
+        request.cancel()  # what Serve does when the client disconnects
+        for message in ({"type": "websocket.receive", "text": "end"}, {"type": "websocket.disconnect"}):
+            queued.put_nowait(message)
+        await asyncio.sleep(0.05)
+        return read
+
+    read = asyncio.run(run())
+    expected = ["audio", "end", "websocket.disconnect"] if kind == "websocket" else ["audio"]
+    assert read == expected
