@@ -326,8 +326,12 @@ def engine_level(scheduler: Any, streams: list[Stream], stagger_s: float,
                     for _, i, b in due:
                         scheduler.feed(f"s{i}", streams[i].samples[b : b + step])
                 else:
-                    batch = [(gates[i], streams[i].samples[b : b + step]) for _, i, b in due]
-                    for (_, i, _), pieces in zip(due, gate.process(batch)):
+                    # A late tick finds several chunks of one stream due: the gate gets each stream once.
+                    ready: dict[int, list[np.ndarray]] = {}
+                    for _, i, b in due:
+                        ready.setdefault(i, []).append(streams[i].samples[b : b + step])
+                    batch = [(gates[i], np.concatenate(chunks)) for i, chunks in ready.items()]
+                    for i, pieces in zip(ready, gate.process(batch)):
                         feed_pieces(scheduler, f"s{i}", pieces)
                 for _, i, b in due:
                     if b == last_chunk[i]:

@@ -182,6 +182,9 @@ class VadGate:
 
     def process(self, streams: list[tuple[GateState, np.ndarray]]) -> list[list[Piece]]:
         """New 16 kHz samples of several streams -> each stream's pieces, in stream order."""
+        if len({id(state) for state, _ in streams}) < len(streams):
+            # Its chunks would be scored as one batch row each, against the same recurrent state.
+            raise ValueError("VadGate.process: a stream given twice (join its samples first)")
         out: list[list[Piece]] = [[] for _ in streams]
         for state, samples in streams:
             state.pending = np.concatenate([state.pending, samples.astype(np.float32)])

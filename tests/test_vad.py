@@ -138,3 +138,10 @@ def test_silero_gates_real_speech_batched_over_streams() -> None:
     assert accounted(speech_pieces) == len(signals[0])
     # Quiet noise is all gap.
     assert all(isinstance(p, Gap) for p in merge(pieces[1] + flush(states[1])))
+
+
+def test_a_stream_given_twice_in_one_batch_is_refused() -> None:
+    """Its second entry would re-score the first's chunk and hand the gate a short (even empty) one."""
+    vad, state = VadGate(VadConfig()), GateState()
+    with pytest.raises(ValueError, match="twice"):
+        vad.process([(state, np.zeros(CHUNK, np.float32)), (state, np.zeros(CHUNK, np.float32))])
