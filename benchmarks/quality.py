@@ -19,9 +19,9 @@ offline and as a simulated live stream through the engine CLI's code path
   median over matched words;
 * RTF: compute seconds per audio second.
 
---vad adds a third column: streaming through the service's voice activity
-gate (engine/vad.py; --vad-set changes its settings), in the same run as
-the ungated streaming column.
+--vad adds a column: streaming through the service's voice activity gate
+(engine/vad.py), in the same run as the ungated streaming column; each
+--vad-set (its settings changed) adds another.
 """
 
 from __future__ import annotations
@@ -112,10 +112,10 @@ def pct(values: list[float], q: float) -> str:
 
 
 def run(model, cfg: EngineConfig, refs: list[Reference], chunk_ms: float, language: str | None,
-        vad: VadConfig | None = None) -> dict[str, Figures]:
+        vads: dict[str, VadConfig] | None = None) -> dict[str, Figures]:
     modes: dict[str, tuple[bool, VadConfig | None]] = {"offline": (True, None), "streaming": (False, None)}
-    if vad is not None:
-        modes["streaming+VAD"] = (False, vad)
+    for name, vad in (vads or {}).items():
+        modes[name] = (False, vad)
     out = {mode: Figures() for mode in modes}
     for ref in refs:
         for mode, (offline, gate) in modes.items():
@@ -139,7 +139,8 @@ def table(title: str, figures: dict[str, Figures]) -> str:
         ("RTF", f"{off.compute_s / off.audio_s:.3f}", [f"{figures[m].compute_s / figures[m].audio_s:.3f}" for m in columns]),
         ("timed words matched", str(len(off.lags)), [str(len(figures[m].lags)) for m in columns]),
     ]
-    lines = [title, f"  {'':24s} {'offline':>12s}   " + "".join(f"{m:22s}" for m in columns)]
+    lines = [title] + [f"  column {i + 1}: {m}" for i, m in enumerate(columns)]
+    lines.append(f"  {'':24s} {'offline':>12s}   " + "".join(f"{'(' + str(i + 1) + ')':22s}" for i in range(len(columns))))
     lines += [f"  {name:24s} {a:>12s}   " + "".join(f"{b:22s}" for b in bs) for name, a, bs in rows]
     return "\n".join(lines)
 
@@ -159,7 +160,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 (the model is loaded once)")
     parser.add_argument("--vad", action="store_true", help="also streaming through the voice activity gate")
-    parser.add_argument("--vad-set", default=None, help="with --vad: gate settings, e.g. endpoint_s=0.3,pad_s=0.1")
+    parser.add_argument("--vad-set", action="append", default=None,
+                        help="with --vad: gate settings, e.g. endpoint_s=0.3,pad_s=0.1 (again: another column)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, force=True)
     model = load_model(args.model, args.device, args.dtype)
@@ -169,7 +171,8 @@ def main() -> None:
         policy=PolicyConfig(border_s=args.border_s, rewind_s=args.rewind_s),
     )
     language = None if args.language == "auto" else args.language
-    vad = vad_config(args.vad_set) if args.vad else None
+    specs = args.vad_set or [""]
+    vad = {f"VAD {spec or 'defaults'}": vad_config(spec) for spec in specs} if args.vad else None
     print(f"{len(refs)} clips from {args.clips}, {sum(bool(r.words) for r in refs)} with word times; "
           f"model {args.model} ({model.dtype})")
     if args.sweep is None:

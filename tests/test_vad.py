@@ -134,7 +134,9 @@ def test_silero_gates_real_speech_batched_over_streams() -> None:
     kinds = [type(p).__name__ for p in speech_pieces]
     assert kinds[:2] == ["Gap", "Audio"] and "Endpoint" in kinds, kinds
     audio = sum(len(p.samples) for p in speech_pieces if isinstance(p, Audio))
-    assert len(speech) <= audio <= len(speech) + int(1.0 * SAMPLE_RATE)
+    # All of the voiced span is sent (the synthesized clip's own quiet ends may be left out), little more.
+    voiced = np.flatnonzero(np.abs(speech) > 0.01)
+    assert voiced[-1] - voiced[0] <= audio <= len(speech) + int(1.0 * SAMPLE_RATE)
     assert accounted(speech_pieces) == len(signals[0])
     # Quiet noise is all gap.
     assert all(isinstance(p, Gap) for p in merge(pieces[1] + flush(states[1])))
