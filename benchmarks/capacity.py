@@ -13,7 +13,7 @@ started exactly as `make run` starts it (deployments.run with
 serve_config.yaml) with a benchmark tenant, and stopped at the end.
 
 Per N it prints the end-to-end word lag (wall time from sending the audio
-where a committed word ends to receiving that word) p50/p95 over all words,
+where a committed word ends to receiving that word) p50/p90/p95 over all words,
 words inside speech and utterance-final words (the last word before a
 pause); committed words/s; errors; WER of the final transcripts; CPU
 seconds per stream-second (audio second streamed) of the HTTP proxy, the
@@ -57,7 +57,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.workload import Stream, build_streams, utterance_final  # noqa: E402
+from benchmarks.workload import Stream, build_streams, utterance_final, vad_config  # noqa: E402
 from deployments.config import IngestConfig  # noqa: E402
 from engine.features import SAMPLE_RATE  # noqa: E402
 from engine.vad import GateState, VadConfig, VadGate, feed_pieces, flush  # noqa: E402
@@ -329,8 +329,12 @@ def engine_level(scheduler: Any, streams: list[Stream], stagger_s: float,
                     for _, i, b in due:
                         scheduler.feed(f"s{i}", streams[i].samples[b : b + step])
                 else:
-                    batch = [(gates[i], streams[i].samples[b : b + step]) for _, i, b in due]
-                    for (_, i, _), pieces in zip(due, gate.process(batch)):
+                    # A late tick finds several chunks of one stream due: the gate gets each stream once.
+                    ready: dict[int, list[np.ndarray]] = {}
+                    for _, i, b in due:
+                        ready.setdefault(i, []).append(streams[i].samples[b : b + step])
+                    batch = [(gates[i], np.concatenate(chunks)) for i, chunks in ready.items()]
+                    for i, pieces in zip(ready, gate.process(batch)):
                         feed_pieces(scheduler, f"s{i}", pieces)
                 for _, i, b in due:
                     if b == last_chunk[i]:
@@ -401,9 +405,9 @@ def run_engine(args: argparse.Namespace, streams: list[Stream], levels: list[int
         model = random_loaded(args.arch, 0, args.device, resolve_dtype(args.dtype, torch.device(args.device)))
         name = f"random {args.arch} (kernel figures: {args.tokens_per_s:.1f} tokens per second of audio sent)"
         fixed = args.tokens_per_s
-    vad = None if args.no_vad else VadConfig()
+    vad = None if args.no_vad else vad_config(args.vad_set)
     print(f"engine only: {name} on {model.device} ({model.dtype}), torch threads {torch.get_num_threads()}, "
-          f"VAD {'off' if vad is None else 'on'}")
+          f"VAD {'off' if vad is None else vad}")
     rows = []
     for n in levels:
         cfg = EngineConfig(model=args.model if args.arch is None else model.name, device=args.device,
@@ -450,7 +454,7 @@ def summarise(n: int, streams: list[Stream], runs: list[StreamRun], wall: float,
         "cpu_per_stream_s": {k: v / stream_s for k, v in cpu.items()},
     }
     for kind, values in lags.items():
-        row[f"lag_{kind}"] = [float(np.percentile(values, q)) if values else float("nan") for q in (50, 95)]
+        row[f"lag_{kind}"] = [float(np.percentile(values, q)) if values else float("nan") for q in (50, 90, 95)]
     steps = counters.get("steps", 0.0)
     model_cpu = cpu.get("model", cpu.get("engine", 0.0))
     parts = {k: counters.get(f"{k}_seconds", 0.0) for k in ("encode", "prefill", "decode")}
@@ -468,7 +472,7 @@ def summarise(n: int, streams: list[Stream], runs: list[StreamRun], wall: float,
 
 
 def passes(row: dict, max_lag_s: float) -> bool:
-    return row["lag_all"][1] <= max_lag_s and not row["errors"]
+    return row["lag_all"][-1] <= max_lag_s and not row["errors"]
 
 
 def print_header(mode: str) -> None:
@@ -478,11 +482,11 @@ def print_header(mode: str) -> None:
 
 
 def print_row(row: dict) -> None:
-    fmt = lambda pair: f"{pair[0]:5.2f}/{pair[1]:5.2f}"  # noqa: E731
+    fmt = lambda qs: "/".join(f"{q:5.2f}" for q in qs)  # noqa: E731
     cpu = " ".join(f"{k} {v:.4f}" for k, v in row["cpu_per_stream_s"].items())
     split = " ".join(f"{k} {v:.4f}" for k, v in row["split_per_stream_s"].items())
     errors = f"{len(row['errors'])} {sorted(set(row['errors']))}" if row["errors"] else "0"
-    print(f"  N={row['streams']:<4d} lag p50/p95 all {fmt(row['lag_all'])}  inside {fmt(row['lag_inside'])}  "
+    print(f"  N={row['streams']:<4d} lag p50/p90/p95 all {fmt(row['lag_all'])}  inside {fmt(row['lag_inside'])}  "
           f"utterance-final {fmt(row['lag_final'])}  words/s {row['words_per_s']:6.1f}  errors {errors}  "
           f"WER {100 * row['wer']:4.1f}%", flush=True)
     print(f"         CPU: {cpu}  | split: {split}  | batch {row['mean_batch']:.1f}  "
@@ -500,6 +504,9 @@ def main() -> int:
     parser.add_argument("--model", default="models/tiny-en")
     parser.add_argument("--engine-only", action="store_true")
     parser.add_argument("--no-vad", action="store_true", help="engine only: no voice activity gate in front")
+    parser.add_argument("--vad-set", default=None,
+                        help="engine only: gate settings, e.g. endpoint_s=0.3,pad_s=0.1 (the service reads "
+                             "serve_config.yaml)")
     parser.add_argument("--arch", choices=("tiny", "0.6b", "1.7b"), default=None,
                         help="engine only: a random-weight model of this real architecture instead of --model "
                              "(GPU sizing: kernel figures, WER meaningless)")

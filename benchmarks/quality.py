@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/quality.py --model models/tiny-en --clips artifacts/corpus/heldout
     .venv/bin/python benchmarks/quality.py ... --border-s 0.3 --min-step-s 0.4 --chunk-ms 100
     .venv/bin/python benchmarks/quality.py ... --sweep border_s=0.2,0.3,0.4,0.6
+    .venv/bin/python benchmarks/quality.py ... --vad [--vad-set endpoint_s=0.3,pad_s=0.1]
 
 `--clips` is a folder of .wav files, each with a .json reference: {"text":
 ...} and, for clips with exact word boundaries, "words": [{"text", "start",
@@ -17,6 +18,10 @@ offline and as a simulated live stream through the engine CLI's code path
 * start/end error: |word start - reference start| and the same for ends,
   median over matched words;
 * RTF: compute seconds per audio second.
+
+--vad adds a column: streaming through the service's voice activity gate
+(engine/vad.py), in the same run as the ungated streaming column; each
+--vad-set (its settings changed) adds another.
 """
 
 from __future__ import annotations
@@ -25,16 +30,21 @@ import argparse
 import dataclasses
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jiwer
 import numpy as np
 
-from engine.config import EngineConfig
-from engine.loader import load_model
-from engine.policy import PolicyConfig
-from engine.transcribe import Transcription, transcribe_file
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.workload import vad_config  # noqa: E402
+from engine.config import EngineConfig  # noqa: E402
+from engine.loader import load_model  # noqa: E402
+from engine.policy import PolicyConfig  # noqa: E402
+from engine.transcribe import Transcription, transcribe_file  # noqa: E402
+from engine.vad import VadConfig  # noqa: E402
 
 
 @dataclass
@@ -101,28 +111,37 @@ def pct(values: list[float], q: float) -> str:
     return f"{np.percentile(values, q):.2f}" if values else "-"
 
 
-def run(model, cfg: EngineConfig, refs: list[Reference], chunk_ms: float, language: str | None) -> dict[str, Figures]:
-    out = {"offline": Figures(), "streaming": Figures()}
+def run(model, cfg: EngineConfig, refs: list[Reference], chunk_ms: float, language: str | None,
+        vads: dict[str, VadConfig] | None = None) -> dict[str, Figures]:
+    modes: dict[str, tuple[bool, VadConfig | None]] = {"offline": (True, None), "streaming": (False, None)}
+    for name, vad in (vads or {}).items():
+        modes[name] = (False, vad)
+    out = {mode: Figures() for mode in modes}
     for ref in refs:
-        for mode, figures in out.items():
-            result = transcribe_file(ref.path, model, cfg, chunk_ms, mode == "offline", language)
-            figures.add(ref, result)
+        for mode, (offline, gate) in modes.items():
+            result = transcribe_file(ref.path, model, cfg, chunk_ms, offline, language, vad=gate)
+            out[mode].add(ref, result)
     return out
 
 
 def table(title: str, figures: dict[str, Figures]) -> str:
-    off, on = figures["offline"], figures["streaming"]
-    ratio = on.wer / off.wer if off.wer else float("nan")
+    off = figures["offline"]
+    columns = [mode for mode in figures if mode != "offline"]
+
+    def wer(f: Figures) -> str:
+        return f"{100 * f.wer:.1f}%  ({f.wer / off.wer if off.wer else float('nan'):.2f}x)"
+
     rows = [
-        ("WER", f"{100 * off.wer:.1f}%", f"{100 * on.wer:.1f}%  ({ratio:.2f}x offline)"),
-        ("word lag p50 / p90 (s)", "-", f"{pct(on.lags, 50)} / {pct(on.lags, 90)}"),
-        ("start error p50 (s)", pct(off.start_errors, 50), pct(on.start_errors, 50)),
-        ("end error p50 (s)", pct(off.end_errors, 50), pct(on.end_errors, 50)),
-        ("RTF", f"{off.compute_s / off.audio_s:.3f}", f"{on.compute_s / on.audio_s:.3f}"),
-        ("timed words matched", str(len(off.lags)), str(len(on.lags))),
+        ("WER (x offline)", f"{100 * off.wer:.1f}%", [wer(figures[m]) for m in columns]),
+        ("word lag p50 / p90 (s)", "-", [f"{pct(figures[m].lags, 50)} / {pct(figures[m].lags, 90)}" for m in columns]),
+        ("start error p50 (s)", pct(off.start_errors, 50), [pct(figures[m].start_errors, 50) for m in columns]),
+        ("end error p50 (s)", pct(off.end_errors, 50), [pct(figures[m].end_errors, 50) for m in columns]),
+        ("RTF", f"{off.compute_s / off.audio_s:.3f}", [f"{figures[m].compute_s / figures[m].audio_s:.3f}" for m in columns]),
+        ("timed words matched", str(len(off.lags)), [str(len(figures[m].lags)) for m in columns]),
     ]
-    lines = [title, f"  {'':24s} {'offline':>12s}   {'streaming'}"]
-    lines += [f"  {name:24s} {a:>12s}   {b}" for name, a, b in rows]
+    lines = [title] + [f"  column {i + 1}: {m}" for i, m in enumerate(columns)]
+    lines.append(f"  {'':24s} {'offline':>12s}   " + "".join(f"{'(' + str(i + 1) + ')':22s}" for i in range(len(columns))))
+    lines += [f"  {name:24s} {a:>12s}   " + "".join(f"{b:22s}" for b in bs) for name, a, bs in rows]
     return "\n".join(lines)
 
 
@@ -140,6 +159,9 @@ def main() -> None:
     parser.add_argument("--sweep", default=None, help="one engine/policy field and values, e.g. border_s=0.2,0.4")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 (the model is loaded once)")
+    parser.add_argument("--vad", action="store_true", help="also streaming through the voice activity gate")
+    parser.add_argument("--vad-set", action="append", default=None,
+                        help="with --vad: gate settings, e.g. endpoint_s=0.3,pad_s=0.1 (again: another column)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, force=True)
     model = load_model(args.model, args.device, args.dtype)
@@ -149,10 +171,12 @@ def main() -> None:
         policy=PolicyConfig(border_s=args.border_s, rewind_s=args.rewind_s),
     )
     language = None if args.language == "auto" else args.language
+    specs = args.vad_set or [""]
+    vad = {f"VAD {spec or 'defaults'}": vad_config(spec) for spec in specs} if args.vad else None
     print(f"{len(refs)} clips from {args.clips}, {sum(bool(r.words) for r in refs)} with word times; "
           f"model {args.model} ({model.dtype})")
     if args.sweep is None:
-        print(table(f"chunk {args.chunk_ms:.0f} ms, min step {cfg.min_step_s} s, {cfg.policy}", run(model, cfg, refs, args.chunk_ms, language)))
+        print(table(f"chunk {args.chunk_ms:.0f} ms, min step {cfg.min_step_s} s, {cfg.policy}", run(model, cfg, refs, args.chunk_ms, language, vad)))
         return
     name, values = args.sweep.split("=")
     for value in values.split(","):
@@ -161,7 +185,7 @@ def main() -> None:
             trial = cfg.replace(policy=policy)
         else:
             trial = cfg.replace(**{name: parse_like(value, getattr(cfg, name))})
-        print(table(f"{name} = {value}", run(model, trial, refs, args.chunk_ms, language)))
+        print(table(f"{name} = {value}", run(model, trial, refs, args.chunk_ms, language, vad)))
 
 
 if __name__ == "__main__":

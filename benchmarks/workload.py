@@ -11,6 +11,7 @@ engine only) streams the same audio.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 
 from engine.features import SAMPLE_RATE
 from engine.tiny_tokenizer import read_words
+from engine.vad import VadConfig
 from training.corpus import HELDOUT_VARIANTS, Job, heldout_sentences, make_clip
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,3 +116,17 @@ def utterance_final(words: list[dict], utterances: list[Utterance], slack_s: flo
         inside = [i for i, u in enumerate(utterances) if u.start - slack_s <= word["start"] <= u.end + slack_s]
         owner.append(inside[0] if inside else -1)
     return [o >= 0 and (i + 1 == len(owner) or owner[i + 1] != o) for i, o in enumerate(owner)]
+
+
+def vad_config(spec: str | None) -> VadConfig:
+    """The gate's defaults with some fields set, from "endpoint_s=0.3,pad_s=0.1" (the --vad-set option)."""
+    if not spec:
+        return VadConfig()
+    fields = {f.name: f.type for f in dataclasses.fields(VadConfig)}
+    values = {}
+    for item in spec.split(","):
+        name, _, value = item.partition("=")
+        if name not in fields:
+            raise SystemExit(f"--vad-set: {name!r} is not one of {sorted(fields)}")
+        values[name] = value.lower() == "true" if fields[name] in (bool, "bool") else float(value)
+    return VadConfig(**values)

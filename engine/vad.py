@@ -5,8 +5,10 @@ CPU) scores every 32 ms chunk of a stream. The gate turns the scores into
 pieces of the stream's timeline:
 
 * `Audio` pieces: speech, `pad_s` of audio before each onset (so a word's
-  first sound is not cut), and the silence after speech until it has
-  lasted `endpoint_s`;
+  first sound is not cut), and the first `hangover_s` of silence after
+  speech (a word's last sound); the rest of a silence is held back until
+  it is known to be a pause inside speech (speech comes back before
+  `endpoint_s`: it is sent then) or the end of an utterance (it is not);
 * an `Endpoint` once silence after speech has lasted `endpoint_s`: the
   utterance is over, and the engine commits its pending words at once (no
   border wait) and restarts its buffer;
@@ -33,6 +35,7 @@ from engine.features import SAMPLE_RATE
 CHUNK = 512  # samples per Silero score at 16 kHz
 _CONTEXT = 64  # samples of the previous chunk the model sees with each chunk
 _STATE_SHAPE = (2, 128)  # the model's recurrent state per stream, [2, B, 128] batched
+_EMPTY = np.zeros(0, np.float32)
 
 
 @dataclass(frozen=True)
@@ -43,15 +46,18 @@ class VadConfig:
     threshold: float = 0.5
     negative_threshold: float = 0.35
     # Silence after speech that ends an utterance: its words are committed at once.
-    endpoint_s: float = 0.4
+    endpoint_s: float = 0.25
     # Audio kept before an onset.
     pad_s: float = 0.2
+    # Silence after speech sent at once; the rest, up to endpoint_s, only if speech comes back
+    # (a pause the model would decode as nothing, and the compute it would cost, saved).
+    hangover_s: float = 0.1
 
     def __post_init__(self) -> None:
         if not 0 < self.negative_threshold <= self.threshold < 1:
             raise ValueError("vad: need 0 < negative_threshold <= threshold < 1")
-        if self.endpoint_s <= 0 or self.pad_s < 0:
-            raise ValueError("vad: endpoint_s must be > 0 and pad_s >= 0")
+        if self.endpoint_s <= 0 or self.pad_s < 0 or self.hangover_s < 0:
+            raise ValueError("vad: endpoint_s must be > 0, pad_s and hangover_s >= 0")
 
     @property
     def endpoint_samples(self) -> int:
@@ -60,6 +66,10 @@ class VadConfig:
     @property
     def pad_samples(self) -> int:
         return int(self.pad_s * SAMPLE_RATE)
+
+    @property
+    def hangover_samples(self) -> int:
+        return int(self.hangover_s * SAMPLE_RATE)
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,8 @@ class GateState:
     pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     # While silent: the latest audio, kept to pad the next onset.
     held: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    # While speaking: silence past hangover_s, not sent yet (sent if speech comes back).
+    hangover: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     context: np.ndarray = field(default_factory=lambda: np.zeros(_CONTEXT, np.float32))
     state: np.ndarray = field(default_factory=lambda: np.zeros(_STATE_SHAPE, np.float32))
 
@@ -100,21 +112,37 @@ class GateState:
 def gate(state: GateState, chunk: np.ndarray, prob: float, cfg: VadConfig) -> list[Piece]:
     """Pieces for one scored chunk (pure)."""
     if state.speaking:
-        state.silence = state.silence + len(chunk) if prob < cfg.negative_threshold else 0
-        if state.silence >= cfg.endpoint_samples:
-            state.speaking, state.silence = False, 0
-            return [Audio(chunk), Endpoint()]
-        return [Audio(chunk)]
+        if prob >= cfg.negative_threshold:
+            # Speech goes on: a silence held back was a pause inside it, and the model hears it.
+            held, state.hangover, state.silence = state.hangover, _EMPTY, 0
+            return [Audio(np.concatenate([held, chunk]))]
+        before, state.silence = state.silence, state.silence + len(chunk)
+        # This chunk's samples within the first hangover_s of the silence are sent now.
+        cut = min(len(chunk), max(0, cfg.hangover_samples - before))
+        sent = [Audio(chunk[:cut])] if cut else []
+        if state.silence < cfg.endpoint_samples:
+            state.hangover = np.concatenate([state.hangover, chunk[cut:]])
+            return sent
+        # The utterance is over: what was held back is the start of the pause (the next pad, or gap).
+        rest, state.hangover = np.concatenate([state.hangover, chunk[cut:]]), _EMPTY
+        state.speaking, state.silence = False, 0
+        _hold(state, rest, cfg)
+        return sent + [Endpoint()]
     if prob >= cfg.threshold:
         state.speaking = True
-        held, state.held = state.held, np.zeros(0, np.float32)
+        held, state.held = state.held, _EMPTY
         gap, state.gap = state.gap, 0
         return ([Gap(gap)] if gap else []) + [Audio(np.concatenate([held, chunk]))]
-    held = np.concatenate([state.held, chunk])
+    _hold(state, chunk, cfg)
+    return []
+
+
+def _hold(state: GateState, silence: np.ndarray, cfg: VadConfig) -> None:
+    """Silence while silent: its last pad_s is held for the next onset, the rest counts as gap."""
+    held = np.concatenate([state.held, silence])
     excess = max(0, len(held) - cfg.pad_samples)
     state.held = held[excess:]
     state.gap += excess
-    return []
 
 
 def merge(pieces: list[Piece]) -> list[Piece]:
@@ -132,10 +160,12 @@ def merge(pieces: list[Piece]) -> list[Piece]:
 
 def flush(state: GateState) -> list[Piece]:
     """The stream ended: what the gate still holds (unscored samples count as what came before)."""
-    rest = np.concatenate([state.held, state.pending])
-    state.held = state.pending = np.zeros(0, np.float32)
-    if state.speaking:
+    rest = np.concatenate([state.held, state.hangover, state.pending])
+    silent = not state.speaking or len(state.hangover) > 0
+    state.held = state.hangover = state.pending = _EMPTY
+    if not silent:
         return [Audio(rest)] if len(rest) else []
+    # Silence past the hangover, or while silent: never sent.
     gap, state.gap = state.gap + len(rest), 0
     return [Gap(gap)] if gap else []
 
@@ -152,6 +182,9 @@ class VadGate:
 
     def process(self, streams: list[tuple[GateState, np.ndarray]]) -> list[list[Piece]]:
         """New 16 kHz samples of several streams -> each stream's pieces, in stream order."""
+        if len({id(state) for state, _ in streams}) < len(streams):
+            # Its chunks would be scored as one batch row each, against the same recurrent state.
+            raise ValueError("VadGate.process: a stream given twice (join its samples first)")
         out: list[list[Piece]] = [[] for _ in streams]
         for state, samples in streams:
             state.pending = np.concatenate([state.pending, samples.astype(np.float32)])

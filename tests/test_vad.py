@@ -9,16 +9,22 @@ from engine.features import SAMPLE_RATE
 from engine.vad import CHUNK, Audio, Endpoint, Gap, GateState, VadConfig, VadGate, flush, gate, merge
 from training.corpus import synthesize
 
-CFG = VadConfig(threshold=0.5, negative_threshold=0.35, endpoint_s=0.4, pad_s=0.2)
+CFG = VadConfig(threshold=0.5, negative_threshold=0.35, endpoint_s=0.4, pad_s=0.2, hangover_s=0.4)
+# Of the silence after speech only 0.1 s is sent before it is known to be a pause inside speech.
+SHORT = VadConfig(threshold=0.5, negative_threshold=0.35, endpoint_s=0.4, pad_s=0.2, hangover_s=0.1)
 
 
-def run(probs: list[float]) -> tuple[list, np.ndarray]:
+def run(probs: list[float], cfg: VadConfig = CFG) -> tuple[list, np.ndarray]:
     """Gate chunks whose values are their index, with the given speech scores."""
     state, pieces = GateState(), []
     chunks = [np.full(CHUNK, i, np.float32) for i in range(len(probs))]
     for chunk, prob in zip(chunks, probs):
-        pieces += gate(state, chunk, prob, CFG)
+        pieces += gate(state, chunk, prob, cfg)
     return merge(pieces + flush(state)), np.concatenate(chunks)
+
+
+def accounted(pieces: list) -> int:
+    return sum(p.samples if isinstance(p, Gap) else len(p.samples) if isinstance(p, Audio) else 0 for p in pieces)
 
 
 def test_silence_is_left_out_and_speech_keeps_its_onset() -> None:
@@ -50,6 +56,48 @@ def test_a_short_pause_inside_speech_is_no_endpoint() -> None:
     assert [type(p) for p in pieces] == [Audio]
 
 
+def test_a_short_hangover_sends_only_the_start_of_the_silence_before_an_endpoint() -> None:
+    pieces, samples = run([0.9] * 10 + [0.1] * 30 + [0.9] * 3, SHORT)
+    assert [type(p).__name__ for p in pieces] == ["Audio", "Endpoint", "Gap", "Audio"]
+    # Speech, then exactly hangover_s of its silence (cut inside a chunk): the rest is the pause.
+    assert len(pieces[0].samples) == 10 * CHUNK + SHORT.hangover_samples
+    assert pieces[0].samples[-1] == 10 + SHORT.hangover_samples // CHUNK
+    assert accounted(pieces) == len(samples)
+    # The next onset keeps its pad: the last pad_s before it.
+    assert len(pieces[3].samples) == SHORT.pad_samples + 3 * CHUNK
+    assert np.array_equal(pieces[3].samples, samples[-len(pieces[3].samples):])
+
+
+def test_a_pause_inside_speech_held_back_is_sent_when_speech_comes_back() -> None:
+    probs = [0.9] * 5 + [0.1] * 10 + [0.9] * 5  # 0.32 s < endpoint_s
+    state, sent_during_pause = GateState(), []
+    chunks = [np.full(CHUNK, i, np.float32) for i in range(len(probs))]
+    for i, (chunk, prob) in enumerate(zip(chunks, probs)):
+        out = gate(state, chunk, prob, SHORT)
+        if 5 <= i < 15:
+            sent_during_pause += out
+    # While the pause lasts only hangover_s of it goes out ...
+    assert sum(len(p.samples) for p in sent_during_pause) == SHORT.hangover_samples
+    # ... and when speech comes back, everything, in order, as one utterance.
+    pieces = merge(run(probs, SHORT)[0])
+    assert [type(p) for p in pieces] == [Audio]
+    assert np.array_equal(pieces[0].samples, np.concatenate(chunks))
+
+
+def test_a_hangover_as_long_as_the_endpoint_sends_all_of_it() -> None:
+    pieces, _ = run([0.9] * 10 + [0.1] * 30, VadConfig(endpoint_s=0.4, hangover_s=0.4))
+    assert [type(p).__name__ for p in pieces][:2] == ["Audio", "Endpoint"]
+    hangover = len(pieces[0].samples) - 10 * CHUNK
+    assert CFG.endpoint_samples <= hangover < CFG.endpoint_samples + CHUNK
+
+
+def test_a_stream_ending_in_a_held_back_silence_ends_with_it_as_a_gap() -> None:
+    pieces, samples = run([0.9] * 10 + [0.1] * 8, SHORT)  # 0.26 s of silence: no endpoint yet
+    assert [type(p).__name__ for p in pieces] == ["Audio", "Gap"]
+    assert len(pieces[0].samples) == 10 * CHUNK + SHORT.hangover_samples
+    assert accounted(pieces) == len(samples)
+
+
 def test_flush_at_stream_end() -> None:
     state = GateState()
     gate(state, np.zeros(CHUNK, np.float32), 0.9, CFG)
@@ -64,6 +112,8 @@ def test_invalid_config() -> None:
         VadConfig(threshold=0.3, negative_threshold=0.5)
     with pytest.raises(ValueError):
         VadConfig(endpoint_s=0)
+    with pytest.raises(ValueError):
+        VadConfig(hangover_s=-0.1)
 
 
 def test_silero_gates_real_speech_batched_over_streams() -> None:
@@ -84,8 +134,16 @@ def test_silero_gates_real_speech_batched_over_streams() -> None:
     kinds = [type(p).__name__ for p in speech_pieces]
     assert kinds[:2] == ["Gap", "Audio"] and "Endpoint" in kinds, kinds
     audio = sum(len(p.samples) for p in speech_pieces if isinstance(p, Audio))
-    assert len(speech) <= audio <= len(speech) + int(1.0 * SAMPLE_RATE)
-    assert sum(p.samples if isinstance(p, Gap) else len(p.samples) if isinstance(p, Audio) else 0
-               for p in speech_pieces) == len(signals[0])
+    # All of the voiced span is sent (the synthesized clip's own quiet ends may be left out), little more.
+    voiced = np.flatnonzero(np.abs(speech) > 0.01)
+    assert voiced[-1] - voiced[0] <= audio <= len(speech) + int(1.0 * SAMPLE_RATE)
+    assert accounted(speech_pieces) == len(signals[0])
     # Quiet noise is all gap.
     assert all(isinstance(p, Gap) for p in merge(pieces[1] + flush(states[1])))
+
+
+def test_a_stream_given_twice_in_one_batch_is_refused() -> None:
+    """Its second entry would re-score the first's chunk and hand the gate a short (even empty) one."""
+    vad, state = VadGate(VadConfig()), GateState()
+    with pytest.raises(ValueError, match="twice"):
+        vad.process([(state, np.zeros(CHUNK, np.float32)), (state, np.zeros(CHUNK, np.float32))])
