@@ -46,12 +46,12 @@ class VadConfig:
     threshold: float = 0.5
     negative_threshold: float = 0.35
     # Silence after speech that ends an utterance: its words are committed at once.
-    endpoint_s: float = 0.25
+    endpoint_s: float = 0.4
     # Audio kept before an onset.
     pad_s: float = 0.2
     # Silence after speech sent at once; the rest, up to endpoint_s, only if speech comes back
     # (a pause the model would decode as nothing, and the compute it would cost, saved).
-    hangover_s: float = 0.1
+    hangover_s: float = 0.4
 
     def __post_init__(self) -> None:
         if not 0 < self.negative_threshold <= self.threshold < 1:
