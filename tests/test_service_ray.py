@@ -356,14 +356,17 @@ def kill_actor(prefix: str) -> str:
 
 
 def kill_proxy() -> None:
-    """The HTTP proxy dies: Serve's proxy actor and the HAProxy processes it runs (they outlive it)."""
+    """The HTTP proxy dies: Serve's proxy actor and the HAProxy processes it runs, if they outlive it."""
     import psutil
 
-    kill_actor("SERVE_PROXY_ACTOR")
     haproxies = [p for p in psutil.process_iter(["cmdline"]) if "bin/haproxy" in " ".join(p.info["cmdline"] or [])]
     assert haproxies, "no HAProxy process (deployments/run.py: CLUSTER_ENV)"
+    kill_actor("SERVE_PROXY_ACTOR")
     for proc in haproxies:
-        proc.kill()
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass  # it went with the actor
 
 
 def assert_nothing_lost_or_repeated(words: list[dict], final: dict, seen_before: list[dict]) -> None:
