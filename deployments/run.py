@@ -27,7 +27,7 @@ import yaml
 
 APP = "captions"
 # Environment of the Ray processes: they read it when they start, so it is set before ray.init
-# (tests/conftest.py starts its cluster with it too; k8s/rayservice.base.yaml sets it per pod).
+# (tests/conftest.py starts its cluster with it too; `make k8s` writes it into every container).
 CLUSTER_ENV = {
     # Model replicas push their open-stream counts this often (Ray's default is 10 s).
     "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "2",
