@@ -320,15 +320,15 @@ class Scheduler:
 
     def _ready(self, states: list[StreamState], room: int) -> list[StreamState]:
         """Streams not in a step with enough new audio (or ending), least recently stepped first."""
-        need = int(self.cfg.min_step_s * SAMPLE_RATE)
-        ready = [
-            s for s in states
-            if s.step is None
-            and (s.status is Status.ENDING
-                 or (s.status is Status.OPEN and (s.inbox.samples >= need or s.inbox.pauses > 0)))
-        ]
+        ready = [s for s in states if s.step is None and s.status in (Status.OPEN, Status.ENDING) and self._due(s)]
         ready.sort(key=lambda s: s.last_step_at)
         return ready[:room]
+
+    def _due(self, state: StreamState) -> bool:
+        """The stream's waiting audio makes a step: min_step_s of it, a pause after it, or its end."""
+        inbox = state.inbox
+        return (state.status is Status.ENDING or inbox.samples >= int(self.cfg.min_step_s * SAMPLE_RATE)
+                or inbox.pauses > 0)
 
     def _take_audio(self, state: StreamState) -> Flush:
         """Move up to max_step_s of the stream's waiting audio into its buffer; what it ends with.
@@ -337,12 +337,17 @@ class Scheduler:
         frames are computed with the end-of-audio padding, as at the end of a
         stream, and the segment after the pause starts a new one.
         """
-        most = int(self.cfg.max_step_s * SAMPLE_RATE)
-        samples, state.pause = state.inbox.take(most)
-        while not len(samples) and state.pause is not None and state.buffer_frames == 0 and not state.words.pending:
+        while state.buffer_frames == 0 and not state.words.pending:
             # Silence after a finished utterance: only the clock moves.
-            self._new_segment(state, state.pause.gap)
-            samples, state.pause = state.inbox.take(most)
+            gap = state.inbox.take_pause()
+            if gap is None:
+                break
+            self._new_segment(state, gap.gap)
+        if not self._due(state):
+            # The gap's audio waits for a step of its own (min_step_s of it): where steps cut the
+            # audio never depends on whether the gap arrived with it or before it.
+            return Flush.NONE
+        samples, state.pause = state.inbox.take(int(self.cfg.max_step_s * SAMPLE_RATE))
         state.samples_seen += len(samples)
         count = state.mel.add(samples) if len(samples) else 0
         if state.status is Status.ENDING and state.inbox.samples == 0 and state.inbox.pauses == 0:

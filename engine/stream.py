@@ -65,6 +65,14 @@ class Inbox:
                 self.items.append(Pause(gap))
                 self.pauses += 1
 
+    def take_pause(self) -> Pause | None:
+        """The pause at the head, if the oldest item is one."""
+        with self.lock:
+            if not self.items or not isinstance(self.items[0], Pause):
+                return None
+            self.pauses -= 1
+            return self.items.popleft()
+
     def take(self, max_samples: int) -> tuple[np.ndarray, Pause | None]:
         """Up to `max_samples` of the oldest audio, stopping at a pause; the pause if it was reached."""
         with self.lock:

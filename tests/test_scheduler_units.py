@@ -236,6 +236,34 @@ def test_a_pause_commits_the_utterance_at_once_and_keeps_the_stream_clock(parts)
     assert words[0].text == "game" and words[0].start == pytest.approx(4.16, abs=0.01)
 
 
+def test_steps_cut_the_audio_after_a_gap_where_they_would_without_it(parts) -> None:
+    """A gap that arrives before the audio after it makes no step of its own: the next step
+    waits for min_step_s of that audio, as when the gap comes with it (the service's words
+    then do not depend on when the ingest's gate sent its pieces)."""
+
+    def first_step_after_gap(gap_first: bool) -> float:
+        scheduler = make(parts, min_step_s=0.5, max_step_s=0.5)
+        scheduler.open("a", "en")
+        scheduler.feed("a", noise(0.3, seed=1))
+        scheduler.pause("a", 0)
+        sched = scheduler.schedule()
+        events = scheduler.update(sched, output((eos(parts), 0.1))).events
+        assert sched.rows[0].final and not [e for e in events if isinstance(e, WordsEvent)]
+        if gap_first:
+            scheduler.pause("a", 8_000)
+            scheduler.feed("a", noise(0.3, seed=2))
+            assert scheduler.schedule().empty  # 0.3 s after the gap: not a step yet
+            scheduler.feed("a", noise(0.4, seed=3))
+        else:
+            scheduler.pause("a", 8_000)
+            scheduler.feed("a", np.concatenate([noise(0.3, seed=2), noise(0.4, seed=3)]))
+        (row,) = scheduler.schedule().rows
+        assert row.audio_start_s == pytest.approx(0.8, abs=0.01)
+        return row.audio_end_s
+
+    assert first_step_after_gap(True) == first_step_after_gap(False) == pytest.approx(1.3, abs=0.02)
+
+
 def test_a_stream_of_only_silence_ends_with_an_empty_final(parts) -> None:
     scheduler = make(parts)
     scheduler.open("a", "en")
