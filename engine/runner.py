@@ -74,9 +74,13 @@ class _Group:
     row_of: torch.Tensor  # [T_g] local row of each token
     step_of: torch.Tensor  # [T_g] place of each token in its row
     last: torch.Tensor  # [G] local place of each row's last token
-    width: int
-    kv_len: int
-    mask: torch.Tensor  # [G, 1, width, kv_len] additive causal mask
+    width: int  # tokens of the longest row
+    # [G, 1, queries, keys] additive causal mask. Queries and keys are padded to the ladder of
+    # engine/shapes.py: bfloat16 attention on CPU builds a kernel for every (queries, keys)
+    # block shape it meets and keeps them all (1300 after 3000 forwards of real streams, and
+    # counting: the engine grew ~275 MB/hour). Padded queries are zeros whose output is never
+    # read; padded keys sit after every real query's position, so the mask blocks them.
+    mask: torch.Tensor
     audio_pos: torch.Tensor  # [G]
     n_audio: torch.Tensor  # [G]
 
@@ -282,31 +286,34 @@ class ModelRunner:
         """Index tensors and the causal mask of one attention group (shared by every layer)."""
         dev = self.device
         lengths = batch.lengths[rows]
-        width, kv_len = int(lengths.max()), int((batch.start[rows] + lengths).max())
+        width = int(lengths.max())
+        # A group of single tokens (decoding) keeps its one query: that shape is always the same.
+        queries = width if width == 1 else padded(width)
+        kv_len = min(padded(int((batch.start[rows] + lengths).max())), self.max_len)
         row_of = np.repeat(np.arange(len(rows)), lengths)
         step_of = np.concatenate([np.arange(n) for n in lengths])
         tokens = offsets[rows][row_of] + step_of
         # Query j of a row sits at position start + j; it sees keys up to there.
-        query_pos = batch.start[rows][:, None] + np.arange(width)[None, :]
+        query_pos = batch.start[rows][:, None] + np.arange(queries)[None, :]
         blocked = np.arange(kv_len)[None, None, :] > query_pos[:, :, None]
-        mask = torch.zeros((len(rows), 1, width, kv_len), dtype=self.dtype, device=dev)
+        mask = torch.zeros((len(rows), 1, queries, kv_len), dtype=self.dtype, device=dev)
         mask.masked_fill_(torch.from_numpy(blocked[:, None]).to(dev), float("-inf"))
         as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
         return _Group(
             rows=as_tensor(rows), slots=as_tensor(batch.slots[rows]), tokens=as_tensor(tokens), row_of=as_tensor(row_of), step_of=as_tensor(step_of),
-            last=as_tensor(lengths - 1), width=width, kv_len=kv_len, mask=mask,
+            last=as_tensor(lengths - 1), width=width, mask=mask,
             audio_pos=as_tensor(batch.audio_pos[rows]), n_audio=as_tensor(batch.n_audio[rows]),
         )
 
     def _attend(self, layer: int, q: torch.Tensor, group: _Group, frames: torch.Tensor,
                 probed: torch.Tensor | None) -> torch.Tensor:
         """Attention output [T_g, heads, head_dim] of one group's tokens; fills its rows' alignment frames."""
-        n = len(group.rows)
-        padded = q.new_zeros((n, group.width, self.n_heads, self.head_dim))
+        n, _, queries, kv_len = group.mask.shape
+        padded = q.new_zeros((n, queries, self.n_heads, self.head_dim))
         padded[group.row_of, group.step_of] = q[group.tokens]
         padded = padded.transpose(1, 2)
-        keys = self.k_cache[layer][group.slots, :, : group.kv_len]
-        values = self.v_cache[layer][group.slots, :, : group.kv_len]
+        keys = self.k_cache[layer][group.slots, :, :kv_len]
+        values = self.v_cache[layer][group.slots, :, :kv_len]
         out = F.scaled_dot_product_attention(padded, keys, values, attn_mask=group.mask, scale=self._scale,
                                              enable_gqa=True)
         if layer in self._align:
@@ -316,7 +323,8 @@ class ModelRunner:
                 self._align_argmax(q_last, keys, head_idx, group)[..., 0]
         if probed is not None:
             every = torch.arange(self.n_heads, device=q.device)
-            probed[group.rows, : group.width, layer] = self._align_argmax(padded, keys, every, group).transpose(1, 2)
+            probed[group.rows, : group.width, layer] = \
+                self._align_argmax(padded[:, :, : group.width], keys, every, group).transpose(1, 2)
         return out.transpose(1, 2)[group.row_of, group.step_of]
 
     def _align_argmax(self, q: torch.Tensor, keys: torch.Tensor, head_idx: torch.Tensor, group: _Group) -> torch.Tensor:
