@@ -81,12 +81,15 @@ class _Channel:
 class CaptionHub:
     """In-process fan-out of every stream published on this ingest replica."""
 
-    def __init__(self, queue_limit: int = 256, replay_events: int = 64, keep_finished: int = 1024) -> None:
+    def __init__(self, queue_limit: int = 256, replay_events: int = 64, keep_finished: int = 64) -> None:
         self.queue_limit = queue_limit
         self.replay_events = replay_events
         self.keep_finished = keep_finished
         self._channels: dict[str, _Channel] = {}
-        # Finished streams stay replayable for a while, oldest forgotten first.
+        # Finished streams stay replayable from memory for a while, oldest forgotten first; later
+        # viewers read the stored transcript (captions/http.py). Each holds its whole final
+        # transcript and up to replay_events events: 1024 streams of 30 s held ~20 MB, and a
+        # churning ingest replica grew by that much in its first hour (benchmarks/soak.py).
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     def open(self, stream_id: str) -> None:
