@@ -249,12 +249,20 @@ class Service:
                 raise RuntimeError("the service did not start:\n" + "".join(self.log[-40:]))
 
     def stop(self) -> None:
+        """Ctrl-C, as in a terminal; then whatever is left of the service's session (Ray workers and
+        HAProxy run in process groups of their own) is killed, so the next run finds port 8000 free."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGINT)
             try:
-                self.proc.wait(60)
+                self.proc.wait(120)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                print("the service did not stop within 120 s: killed", flush=True)
+        for proc in psutil.process_iter():
+            try:
+                if os.getsid(proc.pid) == self.proc.pid:
+                    proc.kill()
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                pass  # gone meanwhile
         self.tmp.cleanup()
 
 
