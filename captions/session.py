@@ -3,7 +3,7 @@
 The ingest makes one CaptionSession per accepted `start` and calls it at
 three points of its WebSocket loop:
 
-    session = await CaptionSession.start(store, ledger, hub, tenant, stream_id, language)
+    session = await CaptionSession.start(store, ledger, hub, writer, tenant, stream_id, language)
     await session.on_audio(seconds)          # before feeding an `audio` frame to the engine
     await session.on_message(msg)            # before sending each server->client frame
     await session.committed(words)           # words committed while flushing, if not sent as `words`
@@ -23,14 +23,16 @@ from starlette.concurrency import run_in_threadpool
 from captions import metrics
 from captions.fanout import CaptionHub
 from captions.quota import AudioMeter, QuotaLedger
-from captions.store import StreamStatus, TranscriptStore
+from captions.store import StreamStatus, TranscriptStore, WordBatch
 from captions.tenants import Tenant
+from captions.writer import WordWriter
 
 
 @dataclass
 class CaptionSession:
     store: TranscriptStore
     hub: CaptionHub
+    writer: WordWriter  # stores committed words (group commit with the replica's other streams)
     tenant: Tenant
     stream_id: str
     meter: AudioMeter
@@ -39,8 +41,8 @@ class CaptionSession:
 
     @classmethod
     async def start(
-        cls, store: TranscriptStore, ledger: QuotaLedger, hub: CaptionHub, tenant: Tenant, stream_id: str,
-        language: str | None, resume: bool = False, resume_token: str | None = None,
+        cls, store: TranscriptStore, ledger: QuotaLedger, hub: CaptionHub, writer: WordWriter, tenant: Tenant,
+        stream_id: str, language: str | None, resume: bool = False, resume_token: str | None = None,
     ) -> CaptionSession:
         """Open (or, with `resume`, reopen) the stream: QuotaExceeded, UnknownStream, BadRequest.
 
@@ -54,7 +56,7 @@ class CaptionSession:
             await run_in_threadpool(ledger.open_stream, tenant, stream_id, language, None, resume_token)
             next_seq = 0
         hub.open(stream_id)
-        return cls(store, hub, tenant, stream_id, AudioMeter(ledger, tenant, stream_id), next_seq,
+        return cls(store, hub, writer, tenant, stream_id, AudioMeter(ledger, tenant, stream_id), next_seq,
                    None if language in (None, "auto") else language)
 
     async def on_audio(self, audio_s: float) -> None:
@@ -88,7 +90,7 @@ class CaptionSession:
         rows = [(w["text"], float(w["start"]), float(w["end"]), False) for w in words]
         if utterance_end:
             rows[-1] = (*rows[-1][:3], True)
-        await run_in_threadpool(self.store.append_words, self.tenant.id, self.stream_id, seq, rows)
+        await self.writer.append(WordBatch(self.tenant.id, self.stream_id, seq, rows))
         self.next_seq = max(self.next_seq, seq + len(rows))
         metrics.words_committed(self.tenant.id, len(rows))
 

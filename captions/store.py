@@ -98,6 +98,16 @@ class StreamStatus(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class WordBatch:
+    """Words `first_seq`, `first_seq + 1`, ... of one stream, each (text, start_s, end_s, utterance_end)."""
+
+    tenant_id: str
+    stream_id: str
+    first_seq: int
+    words: list[tuple[str, float, float, bool]]
+
+
+@dataclass(frozen=True)
 class StreamRecord:
     stream_id: str
     tenant_id: str
@@ -293,23 +303,36 @@ class TranscriptStore:
     ) -> None:
         """Store words `first_seq`, `first_seq + 1`, ... of a stream; seqs already stored are kept as they were.
 
-        A word is (text, start_s, end_s, utterance_end).
+        A word is (text, start_s, end_s, utterance_end). UnknownStream if the stream is not the tenant's.
         """
-        self.stream(tenant_id, stream_id)  # ownership check
-        if not new_words:
-            return
-        rows = [
-            {"stream_id": stream_id, "seq": first_seq + i, "text": text, "start_s": start, "end_s": end,
-             "utterance_end": utterance_end}
-            for i, (text, start, end, utterance_end) in enumerate(new_words)
-        ]
+        if self.append_word_batches([WordBatch(tenant_id, stream_id, first_seq, new_words)], now):
+            raise UnknownStream(f"no stream {stream_id!r}")
+
+    def append_word_batches(self, batches: list[WordBatch], now: float | None = None) -> list[WordBatch]:
+        """Several streams' words in one transaction (captions.writer's group commit).
+
+        Returns the batches not written because their stream is not their tenant's.
+        """
+        ids = {b.stream_id for b in batches}
         with self.engine.begin() as conn:
-            self._insert_ignore(conn, words, rows, ["stream_id", "seq"])
-            conn.execute(
-                streams.update()
-                .where(streams.c.stream_id == stream_id)
-                .values(active_at=time.time() if now is None else now)
-            )
+            owners = conn.execute(
+                sa.select(streams.c.stream_id, streams.c.tenant_id).where(streams.c.stream_id.in_(ids))
+            ).all()
+            owned = {(row.tenant_id, row.stream_id) for row in owners}
+            kept = [b for b in batches if (b.tenant_id, b.stream_id) in owned]
+            rows = [
+                {"stream_id": b.stream_id, "seq": b.first_seq + i, "text": text, "start_s": start, "end_s": end,
+                 "utterance_end": utterance_end}
+                for b in kept for i, (text, start, end, utterance_end) in enumerate(b.words)
+            ]
+            if rows:
+                self._insert_ignore(conn, words, rows, ["stream_id", "seq"])
+                conn.execute(
+                    streams.update()
+                    .where(streams.c.stream_id.in_({b.stream_id for b in kept if b.words}))
+                    .values(active_at=time.time() if now is None else now)
+                )
+        return [b for b in batches if (b.tenant_id, b.stream_id) not in owned]
 
     def words(self, tenant_id: str, stream_id: str, after_seq: int = -1) -> list[StoredWord]:
         """The stream's stored words with seq > after_seq, in order."""

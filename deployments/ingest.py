@@ -46,6 +46,7 @@ from captions.quota import QuotaLedger
 from captions.session import CaptionSession
 from captions.store import StreamStatus, TranscriptStore, check_id
 from captions.tenants import Authenticator, Tenant
+from captions.writer import WordWriter
 from deployments import protocol
 from deployments.audio_files import to_engine_audio
 from deployments.audio_in import AudioDecoder
@@ -94,6 +95,7 @@ class Ingest:
         self.auth = Authenticator.from_file()
         self.ledger = QuotaLedger(self.store)
         self.hub = CaptionHub()
+        self.writer = WordWriter(self.store)
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return Starlette(routes=[
@@ -213,7 +215,7 @@ class Ingest:
         relay = Relay(session, self.links, self.cfg.ingest, self.metrics, self.vad)
         relay.tenant_id = tenant.id
         relay.captions = await CaptionSession.start(
-            self.store, self.ledger, self.hub, tenant, session.session_id, session.language,
+            self.store, self.ledger, self.hub, self.writer, tenant, session.session_id, session.language,
             resume=resume, resume_token=None if resume else session.resume_token,
         )
         try:

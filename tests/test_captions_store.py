@@ -5,13 +5,15 @@ Every test runs on SQLite and on a live PostgreSQL (the `db_url` fixture).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
 import sqlalchemy as sa
 
 from captions.errors import BadRequest, TokenExpired, Unauthorized, UnknownStream
-from captions.store import StreamStatus, TranscriptStore
+from captions.store import StreamStatus, TranscriptStore, WordBatch
+from captions.writer import WordWriter
 
 
 @pytest.fixture
@@ -28,6 +30,24 @@ def test_append_is_idempotent_and_ordered(store: TranscriptStore):
     assert [(w.seq, w.text, w.start) for w in got] == [(0, "hello", 0.0), (1, "world", 0.4), (2, "again", 0.8)]
     assert [w.text for w in store.words("acme", "s1", after_seq=1)] == ["again"]
     assert [w.utterance_end for w in got] == [False, True, False]
+
+
+def test_concurrent_streams_share_transactions_and_a_foreign_stream_fails_alone(store: TranscriptStore):
+    """Group commit: 12 streams' words in fewer transactions; the one write naming another
+    tenant's stream gets UnknownStream, and the others are stored all the same."""
+    for i in range(12):
+        store.open_stream("acme", f"s{i}", "en", max_concurrent=20)
+    writer = WordWriter(store)
+
+    async def main() -> list[BaseException | None]:
+        batches = [WordBatch("acme", f"s{i}", 0, [(f"w{i}", 0.0, 0.5, False)]) for i in range(12)]
+        batches.append(WordBatch("globex", "s3", 1, [("intruder", 1.0, 1.5, False)]))
+        return await asyncio.gather(*(writer.append(b) for b in batches), return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert results[:12] == [None] * 12 and isinstance(results[12], UnknownStream)
+    assert writer.transactions < 12
+    assert [[w.text for w in store.words("acme", f"s{i}")] for i in range(12)] == [[f"w{i}"] for i in range(12)]
 
 
 def test_a_database_from_before_utterance_ends_gains_the_column(db_url: str):

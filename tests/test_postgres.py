@@ -23,6 +23,7 @@ from captions.quota import QuotaLedger
 from captions.session import CaptionSession
 from captions.store import StreamStatus, TranscriptStore
 from captions.tenants import Limits, Tenant
+from captions.writer import WordWriter
 
 T = TypeVar("T")
 # Seconds a racing thread or process may take before the test calls it stuck.
@@ -175,10 +176,10 @@ def test_overlapping_replays_from_two_replicas_store_each_word_once(postgres_url
 # ------------------------------------------------------------ two ingests
 def test_a_stream_moves_between_two_ingests_sharing_the_database(postgres_url: str):
     tenant = Tenant("acme", Limits(max_concurrent_streams=1, audio_minutes_per_period=1.0))
-    # Each ingest replica has its own store, ledger and hub; only the database is shared.
+    # Each ingest replica has its own store, ledger, hub and writer; only the database is shared.
     first_store, second_store = TranscriptStore(postgres_url), TranscriptStore(postgres_url)
-    first = (first_store, QuotaLedger(first_store), CaptionHub())
-    second = (second_store, QuotaLedger(second_store), CaptionHub())
+    first = (first_store, QuotaLedger(first_store), CaptionHub(), WordWriter(first_store))
+    second = (second_store, QuotaLedger(second_store), CaptionHub(), WordWriter(second_store))
 
     def words_msg(*texts: str, start: float) -> dict:
         return {"type": "words", "language": "en",
