@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from engine.features import SAMPLE_RATE
+from engine.shapes import padded
 
 CHUNK = 512  # samples per Silero score at 16 kHz
 _CONTEXT = 64  # samples of the previous chunk the model sees with each chunk
@@ -201,9 +202,16 @@ class VadGate:
 
     @torch.inference_mode()
     def _score(self, states: list[GateState], chunks: list[np.ndarray]) -> list[float]:
-        x = torch.from_numpy(np.stack([np.concatenate([s.context, c]) for s, c in zip(states, chunks)]))
-        recurrent = torch.from_numpy(np.stack([s.state for s in states], axis=1))
-        probs, recurrent = self._model(x, recurrent)
+        # Rows padded to the shape ladder (engine/shapes.py): with one batch shape, a row's score is
+        # the same bit for bit whatever the other rows hold, so a stream gated beside others (the
+        # ingest) gets the pieces it gets alone (the CLI) while at most 8 share a call. Fewer shapes
+        # also bound the model's compiled variants (all of 1-64 rows: +38 MB).
+        rows = padded(len(states))
+        x = np.zeros((rows, _CONTEXT + CHUNK), np.float32)
+        x[: len(states)] = [np.concatenate([s.context, c]) for s, c in zip(states, chunks)]
+        recurrent = np.zeros((_STATE_SHAPE[0], rows, _STATE_SHAPE[1]), np.float32)
+        recurrent[:, : len(states)] = np.stack([s.state for s in states], axis=1)
+        probs, recurrent = self._model(torch.from_numpy(x), torch.from_numpy(recurrent))
         new_state = recurrent.numpy()
         for i, (state, chunk) in enumerate(zip(states, chunks)):
             state.context = chunk[-_CONTEXT:].copy()

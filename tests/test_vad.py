@@ -147,3 +147,25 @@ def test_a_stream_given_twice_in_one_batch_is_refused() -> None:
     vad, state = VadGate(VadConfig()), GateState()
     with pytest.raises(ValueError, match="twice"):
         vad.process([(state, np.zeros(CHUNK, np.float32)), (state, np.zeros(CHUNK, np.float32))])
+
+
+def test_a_streams_scores_do_not_depend_on_the_streams_scored_beside_it() -> None:
+    """Scored alone (the CLI) or beside up to 7 other streams (the ingest), a stream's speech
+    probabilities are the same to the bit, so its gate cuts the same pieces."""
+    speech = synthesize("the dog ran across the yellow field", "en-us", 160, 50)
+    chunks = [speech[i : i + CHUNK] for i in range(0, len(speech) - CHUNK, CHUNK)]
+    rng = np.random.default_rng(3)
+
+    def probs(others: int) -> list[float]:
+        vad = VadGate(VadConfig())
+        states = [GateState() for _ in range(others + 1)]
+        out = []
+        for k, chunk in enumerate(chunks):
+            n = others if k % 3 else 0  # the others come and go
+            noise = [(rng.standard_normal(CHUNK) * 0.1).astype(np.float32) for _ in range(n)]
+            out.append(vad._score(states[: n + 1], [chunk, *noise])[0])
+        return out
+
+    alone = probs(0)
+    assert max(alone) > 0.9  # it is speech
+    assert probs(3) == alone and probs(7) == alone
