@@ -58,6 +58,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.workload import Stream, build_streams, utterance_final, vad_config  # noqa: E402
+from client.stream import to_pcm16  # noqa: E402
 from deployments.config import IngestConfig  # noqa: E402
 from engine.features import SAMPLE_RATE  # noqa: E402
 from engine.vad import GateState, VadConfig, VadGate, feed_pieces, flush  # noqa: E402
@@ -110,7 +111,7 @@ async def service_stream(url: str, key: str, stream: Stream, start_at: float, de
 
     run = StreamRun()
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
-    pcm = (np.clip(stream.samples, -1, 1) * 32767).astype("<i2")
+    pcm = to_pcm16(stream.samples)
     step = int(CHUNK_S * SAMPLE_RATE)
     frames = [msgpack.packb({"type": "audio", "data": pcm[b : b + step].tobytes()}) for b in range(0, len(pcm), step)]
     try:

@@ -87,9 +87,18 @@ class CaptionStream:
             return
 
 
+def to_pcm16(samples: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1] -> int16 little-endian, the inverse of the service's int16 / 32768.
+
+    Audio read from a 16-bit file reaches the service exactly as the file holds it (scaling by
+    32767 and truncating changed it by up to one step, enough to move a voice activity onset).
+    """
+    return np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2")
+
+
 def pcm_chunks(samples: np.ndarray, chunk_s: float, sample_rate: int = SAMPLE_RATE) -> Iterable[bytes]:
     """Float samples in [-1, 1] -> int16 little-endian chunks of chunk_s."""
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
+    pcm = to_pcm16(samples)
     step = max(1, int(chunk_s * sample_rate))
     for begin in range(0, len(pcm), step):
         yield pcm[begin : begin + step].tobytes()
