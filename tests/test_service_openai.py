@@ -280,7 +280,7 @@ def test_realtime_server_vad_commits_each_utterance(service, key: str, model: st
         assert kinds.index("input_audio_buffer.speech_started") < kinds.index("input_audio_buffer.speech_stopped") \
             < kinds.index("input_audio_buffer.committed"), kinds
     stopped = [e for e in got if e.type == "input_audio_buffer.speech_stopped"]
-    # The first utterance ends after ~3 s of speech and the gate's hangover_s (0.4 s: all of the silence up to the endpoint).
+    # The first utterance ends after ~3 s of speech and the gate's hangover_s (0.1 s of the silence after it).
     assert 2500 <= stopped[0].audio_end_ms <= 4500, stopped[0]
 
 
