@@ -1,6 +1,6 @@
 """Soak: the service under steady churn for a long time; memory and file descriptors per process.
 
-    .venv/bin/python benchmarks/soak.py [--minutes 30] [--streams 16] [--sample-s 30] [--warmup-min 5]
+    .venv/bin/python benchmarks/soak.py [--minutes 30] [--streams 16] [--sample-s 30] [--warmup-min 5] [--json F]
 
 Starts the service as `make run` does (benchmarks/capacity.py's Service,
 bundled model, a benchmark tenant) and keeps `--streams` live streams open:
@@ -10,13 +10,15 @@ pauses) at real-time pace, ends, and a new one connects at once. Every
 process (HTTP proxy, ingest, model replicas, Serve controller, Ray's own
 processes). At the end it prints, per process, the figures at warm-up end
 and at the end, and the growth per hour fitted (least squares) over the
-samples after `--warmup-min`; streams completed and failed.
+samples after `--warmup-min`; streams completed and failed. `--json` also
+writes every sample, so the growth can be fitted over other windows.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import threading
 import time
@@ -99,6 +101,7 @@ def main() -> int:
     parser.add_argument("--model", default="models/tiny-en")
     parser.add_argument("--config", type=Path, default=REPO / "serve_config.yaml")
     parser.add_argument("--metrics-port", type=int, default=9090)
+    parser.add_argument("--json", type=Path, default=None, help="also write every sample here")
     args = parser.parse_args()
     service = Service(args.model, args.config, args.metrics_port)
     samples, counts = Samples(), {"completed": 0, "failed": 0}
@@ -119,6 +122,10 @@ def main() -> int:
         samples.take()
         service.stop()
     report(samples, counts, args)
+    if args.json is not None:
+        args.json.write_text(json.dumps({"counts": counts, "samples": [
+            {"process": name, "pid": pid, "series": [{"minutes": t, "rss_mb": r, "fds": f} for t, r, f in series]}
+            for (name, pid), series in sorted(samples.series.items())]}, indent=1))
     return 0
 
 
