@@ -309,22 +309,22 @@ class ModelRunner:
                 probed: torch.Tensor | None) -> torch.Tensor:
         """Attention output [T_g, heads, head_dim] of one group's tokens; fills its rows' alignment frames."""
         n, _, queries, kv_len = group.mask.shape
-        padded = q.new_zeros((n, queries, self.n_heads, self.head_dim))
-        padded[group.row_of, group.step_of] = q[group.tokens]
-        padded = padded.transpose(1, 2)
+        rows_q = q.new_zeros((n, queries, self.n_heads, self.head_dim))
+        rows_q[group.row_of, group.step_of] = q[group.tokens]
+        rows_q = rows_q.transpose(1, 2)
         keys = self.k_cache[layer][group.slots, :, :kv_len]
         values = self.v_cache[layer][group.slots, :, :kv_len]
-        out = F.scaled_dot_product_attention(padded, keys, values, attn_mask=group.mask, scale=self._scale,
+        out = F.scaled_dot_product_attention(rows_q, keys, values, attn_mask=group.mask, scale=self._scale,
                                              enable_gqa=True)
         if layer in self._align:
             head_idx, columns = self._align[layer]
-            q_last = padded[torch.arange(n, device=q.device), :, group.last][:, head_idx, None]
+            q_last = rows_q[torch.arange(n, device=q.device), :, group.last][:, head_idx, None]
             frames[group.rows[:, None], torch.tensor(columns, device=q.device)] = \
                 self._align_argmax(q_last, keys, head_idx, group)[..., 0]
         if probed is not None:
             every = torch.arange(self.n_heads, device=q.device)
             probed[group.rows, : group.width, layer] = \
-                self._align_argmax(padded[:, :, : group.width], keys, every, group).transpose(1, 2)
+                self._align_argmax(rows_q[:, :, : group.width], keys, every, group).transpose(1, 2)
         return out.transpose(1, 2)[group.row_of, group.step_of]
 
     def _align_argmax(self, q: torch.Tensor, keys: torch.Tensor, head_idx: torch.Tensor, group: _Group) -> torch.Tensor:

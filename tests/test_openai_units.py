@@ -222,7 +222,8 @@ def test_service_errors_get_openai_statuses(exc: Exception, status: int, kind: s
 
 
 # ------------------------------------------------------------------ Realtime
-VAD = VadConfig()
+# Not the defaults, so the echo is seen to come from the gate's configuration.
+VAD = VadConfig(threshold=0.6, endpoint_s=0.7, pad_s=0.3)
 
 
 def test_server_vad_turn_detection_is_taken_and_echoed_with_the_gates_settings() -> None:
@@ -232,7 +233,7 @@ def test_server_vad_turn_detection_is_taken_and_echoed_with_the_gates_settings()
     assert vad.server_vad
     echoed = events.session_event("updated", events.GA, "s", vad, VAD)["session"]["audio"]["input"]["turn_detection"]
     # The gate's own settings apply (they are the ingest's, shared by all streams).
-    assert echoed == {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 200, "silence_duration_ms": 400}
+    assert echoed == {"type": "server_vad", "threshold": 0.6, "prefix_padding_ms": 300, "silence_duration_ms": 700}
     assert events.apply_update(vad, {"turn_detection": None}, MODELS).server_vad is False
     assert events.apply_update(vad, {"input_audio_transcription": {"language": "en"}}, MODELS).server_vad
     assert events.speech_event("stopped", "item_1", 1.2345)["audio_end_ms"] == 1234
