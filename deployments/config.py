@@ -48,9 +48,11 @@ class IngestConfig:
     handshake_timeout_s: float = 10.0
     # The voice activity gate in front of the model (engine/vad.py), and how often it scores.
     vad: VadConfig = field(default_factory=VadConfig)
-    # 0.1 s: every stream has a 100 ms frame waiting, so one Silero call scores them all
-    # (at 0.04 s, 2.5x more calls for the same audio: 15% of the ingest's time at 32 streams).
-    vad_tick_s: float = 0.1
+    # Every word waits for the next tick: 0.05 s halves that wait against 0.1 s (where each
+    # 100 ms frame of every stream is waiting, so one Silero call scores them all) for twice
+    # the calls on half the rows; the ingest's CPU per stream-second measured no higher
+    # (benchmarks/capacity.py, 16/32/48 streams: .0132/.0090/.0081 at 0.05 s).
+    vad_tick_s: float = 0.05
 
     def __post_init__(self) -> None:
         for name in ("max_pending_s", "max_replay_s", "max_send_s", "resume_grace_s", "tick_s", "events_wait_s",

@@ -47,9 +47,10 @@ class VadConfig:
     threshold: float = 0.5
     negative_threshold: float = 0.35
     # Silence after speech that ends an utterance: its words are committed at once.
-    # 0.25 s: held-out WER through the gate 9.7% against 10.1% ungated (benchmarks/quality.py
-    # --vad, float32, 231 clips), utterance-final words ~0.15 s sooner than at 0.4 s.
-    endpoint_s: float = 0.25
+    # 0.2 s: held-out WER through the gate 9.9% (0.25 s: 9.7%) against 10.1% ungated
+    # (benchmarks/quality.py --vad, float32, 231 clips); utterance-final words ~0.2 s sooner
+    # than at 0.4 s (docs/engine.md).
+    endpoint_s: float = 0.2
     # Audio kept before an onset.
     pad_s: float = 0.2
     # Silence after speech sent at once; the rest, up to endpoint_s, only if speech comes back
