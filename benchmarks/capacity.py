@@ -18,7 +18,7 @@ words inside speech and utterance-final words (the last word before a
 pause); committed words/s; errors; WER of the final transcripts; CPU
 seconds per stream-second (audio second streamed) of the HTTP proxy, the
 ingest, the model replica(s), the rest of Ray and this client; the model
-replica's split (encode / prefill / decode / the rest of its CPU) from its
+replicas' split (wall seconds in encode / prefill / decode) from their
 Prometheus counters; mean streams per step and decoder forwards per step.
 Then the largest N with lag p95 <= --max-lag-s and no errors.
 
@@ -465,9 +465,9 @@ def summarise(n: int, streams: list[Stream], runs: list[StreamRun], wall: float,
     for kind, values in lags.items():
         row[f"lag_{kind}"] = [float(np.percentile(values, q)) if values else float("nan") for q in (50, 90, 95)]
     steps = counters.get("steps", 0.0)
-    model_cpu = cpu.get("model", cpu.get("engine", 0.0))
+    # Wall time, not CPU: replicas sharing cores wait for one inside a phase, so the
+    # phases can add up to more than the replicas' CPU (a "rest of the CPU" went negative).
     parts = {k: counters.get(f"{k}_seconds", 0.0) for k in ("encode", "prefill", "decode")}
-    parts["other"] = model_cpu - sum(parts.values())
     row["split_per_stream_s"] = {k: v / stream_s for k, v in parts.items()}
     row["step_s_per_stream_s"] = counters.get("step_seconds", 0.0) / stream_s
     forwards, rows = counters.get("forwards", 0.0), counters.get("batch_rows", 0.0)
@@ -486,8 +486,8 @@ def passes(row: dict, max_lag_s: float) -> bool:
 
 def print_header(mode: str) -> None:
     print(f"\n[{mode}] lag = wall time from sending the audio where a word ends to receiving the word (s)")
-    print("  CPU and split in CPU-seconds per stream-second; split = the model replica's encode/prefill/decode "
-          "step time and the rest of its CPU")
+    print("  CPU in CPU-seconds per stream-second; split = wall seconds per stream-second of the model "
+          "replicas' step phases (encode/prefill/decode)")
 
 
 def print_row(row: dict) -> None:
