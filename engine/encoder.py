@@ -2,9 +2,9 @@
 
 The HF encoder loops over audios one at a time and builds a full-length
 attention mask. This module runs the same modules batched: every 100-frame
-chunk of every audio through the conv stack in one call, then every
-800-frame attention window of every audio as one row of a padded, masked
-attention batch. The runner adds its slot caches on top; training uses it
+chunk of every audio through the conv stack in one call, then the
+transformer layers over all audios' tokens packed together, where only the
+attention puts each 800-frame window in a padded, masked row. The runner adds its slot caches on top; training uses it
 as is (with gradients).
 """
 
@@ -70,38 +70,67 @@ class WindowEncoder:
         return x + tower.positional_embedding.positional_embedding[:steps].to(x.dtype)
 
     def windows(self, chunks: torch.Tensor, layout: ChunkLayout) -> list[torch.Tensor]:
-        """Transformer layers with attention confined to each window; [n_tokens, out] per audio."""
+        """Transformer layers with attention confined to each window; [n_tokens, out] per audio.
+
+        Token-wise work (norms, projections, MLP) runs over the real tokens
+        packed one after another; only attention sees them in padded window
+        rows. A streaming step's open windows are half full on average, so
+        padding every window to its full width there doubled the encoder's
+        matrix work.
+        """
         tower, width = self.tower, self.grid.tokens_per_window
-        n_windows, device = layout.n_windows, chunks.device
-        rows, fill = [[] for _ in range(n_windows)], [0] * n_windows
-        for i, (count, w) in enumerate(zip(layout.token_counts, layout.window_of)):
-            rows[w].append(chunks[i, :count])
-            fill[w] += count
-        # A padded number of windows (engine/shapes.py): padding windows are zeros that see
-        # themselves (a window that sees nothing would be NaN), and are never read back.
-        n_padded = padded(n_windows)
-        x = torch.stack([F.pad(torch.cat(r), (0, 0, 0, width - f)) for r, f in zip(rows, fill)])
-        x = F.pad(x, (0, 0, 0, 0, 0, n_padded - n_windows))
-        sees = torch.tensor(fill + [width] * (n_padded - n_windows), device=device)
-        mask = (torch.arange(width, device=device)[None, :] < sees[:, None])[:, None, None, :]
+        counts = layout.token_counts
+        places, fill = self._places(layout, counts)
+        n_tokens, n_rows = len(places), padded(layout.n_windows)
+        # Padded sizes (engine/shapes.py). Padding tokens are zeros that no window reads;
+        # padding windows are zeros that see themselves (a window that sees nothing would be NaN).
+        x = torch.cat([chunks[i, :count] for i, count in enumerate(counts)])
+        x = F.pad(x, (0, 0, 0, padded(n_tokens) - n_tokens))
+        place = torch.tensor(places, device=chunks.device)
+        sees = torch.tensor(fill + [width] * (n_rows - layout.n_windows), device=chunks.device)
+        mask = (torch.arange(width, device=chunks.device)[None, :] < sees[:, None])[:, None, None, :]
         for layer in tower.layers:
-            attn = layer.self_attn
-            h = layer.self_attn_layer_norm(x)
-            shape = (n_padded, width, attn.num_heads, attn.head_dim)
-            q, k, v = (proj(h).view(shape).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling)
-            x = x + attn.out_proj(a.transpose(1, 2).reshape(n_padded, width, -1))
+            x = x + self._attention(layer.self_attn, layer.self_attn_layer_norm(x), place, n_rows, mask)
             x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
             if x.dtype == torch.float16:
                 # The HF layer clamps fp16 activations the same way.
                 bound = torch.finfo(x.dtype).max - 1000
                 x = x.clamp(-bound, bound)
-        x = tower.proj2(tower.act(tower.proj1(tower.ln_post(x))))
-        out, w = [], 0
-        for count in layout.windows_per_audio:
-            out.append(torch.cat([x[i, : fill[i]] for i in range(w, w + count)]))
-            w += count
-        return out
+        x = tower.proj2(tower.act(tower.proj1(tower.ln_post(x))))[:n_tokens]
+        # Tokens are in audio order, windows after windows, so each audio's are one run.
+        per_audio, first = [], 0
+        for n_windows in layout.windows_per_audio:
+            per_audio.append(sum(fill[first : first + n_windows]))
+            first += n_windows
+        return list(torch.split(x, per_audio))
+
+    def _places(self, layout: ChunkLayout, counts: list[int]) -> tuple[list[int], list[int]]:
+        """Each packed token's place in the [windows * width] padded layout; tokens per window."""
+        width = self.grid.tokens_per_window
+        places, fill = [], [0] * layout.n_windows
+        for count, w in zip(counts, layout.window_of):
+            start = w * width + fill[w]
+            places.extend(range(start, start + count))
+            fill[w] += count
+        return places, fill
+
+    def _attention(
+        self, attn: torch.nn.Module, h: torch.Tensor, place: torch.Tensor, n_rows: int, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Self-attention within windows of packed tokens `h` [T_padded, d]; out_proj applied."""
+        width, n_tokens = self.grid.tokens_per_window, len(place)
+        shape = (n_rows, width, attn.num_heads, attn.head_dim)
+
+        def rows(proj: torch.nn.Module) -> torch.Tensor:
+            flat = h.new_zeros((n_rows * width, attn.num_heads * attn.head_dim))
+            # The projection runs over all of h: its row count stays on the ladder (engine/shapes.py).
+            return flat.index_copy(0, place, proj(h)[:n_tokens]).view(shape).transpose(1, 2)
+
+        a = F.scaled_dot_product_attention(
+            rows(attn.q_proj), rows(attn.k_proj), rows(attn.v_proj), attn_mask=mask, scale=attn.scaling
+        )
+        a = a.transpose(1, 2).reshape(n_rows * width, -1)[place]
+        return attn.out_proj(F.pad(a, (0, 0, 0, h.shape[0] - n_tokens)))
 
     def encode(self, mels: list[np.ndarray]) -> list[torch.Tensor]:
         """Embeddings [n_tokens, out] of each mel array [n_mels, F > 0]."""

@@ -7,8 +7,8 @@ positions are valid (engine/batch.py). It drives the checkpoint's own
 weights with batching the HF forward does not do:
 
 * encoder: every 100-frame chunk of every stream goes through the conv stack
-  in one call, and every attention window (800 frames) of every stream is one
-  row of a padded, masked attention batch (engine/encoder.py);
+  in one call; the transformer layers run over the tokens packed, and only
+  attention pads, one row per window (800 frames) (engine/encoder.py);
 * decoder: rows of any length in one forward (a step's prefill beside other
   rows' single decoded tokens). Token-wise work (norms, projections, MLP)
   runs over the rows' tokens flattened, so nothing is padded there; only
