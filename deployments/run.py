@@ -36,6 +36,10 @@ CLUSTER_ENV = {
     # message to the replica as an actor call: at 32 streams the proxy and the ingest used 0.030
     # CPU-seconds per stream-second that way, 0.012 behind HAProxy (benchmarks/capacity.py).
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # glibc gives every thread that allocates its own 64 MB malloc arena, and a long-lived
+    # replica's arenas fragment: in the soak (benchmarks/soak.py) the model replica's growth sat in
+    # one or two such arenas, and the ingest grew in steps of ~8 MB. Two arenas bound that.
+    "MALLOC_ARENA_MAX": "2",
 }
 DEV_KEYS_FILE = Path("artifacts/dev-keys.yaml")
 DEV_TENANT = "dev"
