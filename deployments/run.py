@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    # Started in the background by a non-interactive shell (nohup, `make run &`)
+    # Started in the background by a non-interactive shell (nohup, `make run &`),
     # Python inherits SIGINT ignored and would not stop on Ctrl-C to its group.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
