@@ -4,8 +4,8 @@ The HF encoder loops over audios one at a time and builds a full-length
 attention mask. This module runs the same modules batched: every 100-frame
 chunk of every audio through the conv stack in one call, then the
 transformer layers over all audios' tokens packed together, where only the
-attention puts each 800-frame window in a padded, masked row. The runner adds its slot caches on top; training uses it
-as is (with gradients).
+attention puts each 800-frame window in a padded, masked row. The runner
+adds its slot caches on top; training uses it as is (with gradients).
 """
 
 from __future__ import annotations
@@ -74,9 +74,10 @@ class WindowEncoder:
 
         Token-wise work (norms, projections, MLP) runs over the real tokens
         packed one after another; only attention sees them in padded window
-        rows. A streaming step's open windows are half full on average, so
-        padding every window to its full width there doubled the encoder's
-        matrix work.
+        rows. A streaming step's open windows are half full on average and
+        their row count is padded too, so with every window padded to its
+        full width most of the encoder's matrix work was padding (3x the time
+        per stream-second, benchmarks/capacity.py).
         """
         tower, width = self.tower, self.grid.tokens_per_window
         counts = layout.token_counts
