@@ -38,7 +38,8 @@ CLUSTER_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     # glibc gives every thread that allocates its own 64 MB malloc arena, and a long-lived
     # replica's arenas fragment: in the soak (benchmarks/soak.py) the model replica's growth sat in
-    # one or two such arenas, and the ingest grew in steps of ~8 MB. Two arenas bound that.
+    # one or two such arenas. With two arenas the 60 min soak gave 5.6 MB/hour for the model
+    # replica (about as before) and 17.6 for the ingest, whose ~8 MB steps remain (README).
     "MALLOC_ARENA_MAX": "2",
 }
 DEV_KEYS_FILE = Path("artifacts/dev-keys.yaml")
