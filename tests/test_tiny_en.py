@@ -111,18 +111,7 @@ def stream(model, samples, language: str | None = None, chunk_ms: float = 100.0)
     return transcribe(Engine(cfg, model), samples, chunk_ms, language)
 
 
-# The model is on the edge on 3 clicks per second: it writes one word ("if") there, in
-# float32 and bfloat16 (benchmarks/nonspeech.py wrote none in float32 until the encoder packed
-# its tokens, which changed the rounding of its reductions). The service's voice activity
-# gate leaves the clicks out.
-EDGE = {"clicks 3/s 0.5, 20 s"}
-
-
-@pytest.mark.parametrize("name,make", [
-    pytest.param(name, make, id=name, marks=[pytest.mark.xfail(reason="one word on clicks, see EDGE")]
-                 if name in EDGE else [])
-    for name, make in evaluation_signals()
-])
+@pytest.mark.parametrize("name,make", [pytest.param(name, make, id=name) for name, make in evaluation_signals()])
 def test_no_words_where_nobody_speaks(model, name: str, make) -> None:
     """Silence, noise colours and levels, a tone, hum, a chirp, clicks (20-60 s each): nothing to write."""
     result = stream(model, make())
