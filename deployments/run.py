@@ -36,6 +36,13 @@ CLUSTER_ENV = {
     # message to the replica as an actor call: at 32 streams the proxy and the ingest used 0.030
     # CPU-seconds per stream-second that way, 0.012 behind HAProxy (benchmarks/capacity.py).
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # Our handlers on the replica's own event loop, and handle calls routed there too (Serve's
+    # defaults give each its own loop thread): every WebSocket message, send and handle call
+    # crossed threads. Ingest CPU per stream-second 0.0095 -> 0.0086 at 32 streams, 0.0063 ->
+    # 0.0060 at 64 (benchmarks/capacity.py, back to back). Handlers must not block: blocking
+    # work goes to threads (run_in_threadpool), as it did already.
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     # glibc gives every thread that allocates its own 64 MB malloc arena, and a long-lived
     # replica's arenas fragment: in the soak (benchmarks/soak.py) the model replica's growth sat in
     # one or two such arenas. With two arenas the 60 min soak gave 5.6 MB/hour for the model
