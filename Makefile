@@ -55,7 +55,8 @@ run: $(STAMP)
 # speech between long silences, up to the engine's 24 s buffer (50 min);
 # phase 5 continued from phase 4's checkpoint at half the learning rate (20 min);
 # phase 6 fine-tuned from phase 5's model directory with 12% non-speech, clicks
-# drawn twice as often (25 min); heads.
+# drawn twice as often (25 min); heads. training/nonspeech.py draws clicks twice
+# as often for phases 4 and 5 too: the shipped ones drew them once in eight.
 tiny-en: sysdeps $(STAMP)
 	$(BIN)/python -m training.corpus --out artifacts/corpus --train 24000 --wav
 	$(BIN)/python -m training.train --corpus artifacts/corpus --out artifacts/tiny-en-phase1 \
