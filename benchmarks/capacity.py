@@ -17,7 +17,9 @@ where a committed word ends to receiving that word) p50/p90/p95 over all words,
 words inside speech and utterance-final words (the last word before a
 pause); committed words/s; errors; WER of the final transcripts; CPU
 seconds per stream-second (audio second streamed) of the HTTP proxy, the
-ingest, the model replica(s), the rest of Ray and this client; the model
+ingest, the model replica(s), the rest of Ray and this client, over the
+whole level (ramp and tail included) and again over the stretch where all N
+streams were live (the per-stream cost at N, without the ramp); the model
 replicas' split (wall seconds in encode / prefill / decode) from their
 Prometheus counters; mean streams per step and decoder forwards per step.
 Then the largest N with lag p95 <= --max-lag-s and no errors.
@@ -156,13 +158,36 @@ async def service_stream(url: str, key: str, stream: Stream, start_at: float, de
     return run
 
 
-async def service_level(url: str, key: str, streams: list[Stream], stagger_s: float) -> list[StreamRun]:
+@dataclass
+class Window:
+    """CPU seconds per group over the stretch where every stream of a level was live."""
+
+    seconds: float
+    cpu: dict[str, float]
+
+
+async def service_level(url: str, key: str, streams: list[Stream], stagger_s: float,
+                        procs: dict[str, list[psutil.Process]] | None = None
+                        ) -> tuple[list[StreamRun], Window | None]:
     begin = time.monotonic() + 1.0
     longest = max(s.seconds for s in streams)
     deadline = begin + stagger_s + longest + 90.0
     starts = offsets(len(streams), stagger_s)
-    return list(await asyncio.gather(*(service_stream(url, key, s, begin + o, deadline)
+    # All N live: from just after the last start (its handshake done) to the first stream's last frame.
+    # Per-stream costs with exactly N streams, free of the ramp and the tail.
+    full = (begin + max(starts) + 2.0, begin + min(o + s.seconds for o, s in zip(starts, streams)))
+    window = asyncio.create_task(cpu_window(procs, *full)) if procs and full[1] - full[0] >= 5.0 else None
+    runs = list(await asyncio.gather(*(service_stream(url, key, s, begin + o, deadline)
                                        for s, o in zip(streams, starts))))
+    return runs, (await window if window is not None else None)
+
+
+async def cpu_window(procs: dict[str, list[psutil.Process]], t0: float, t1: float) -> Window:
+    await asyncio.sleep(t0 - time.monotonic())
+    cpu0, wall0 = cpu_times(procs), time.monotonic()
+    await asyncio.sleep(t1 - time.monotonic())
+    cpu1, wall1 = cpu_times(procs), time.monotonic()
+    return Window(wall1 - wall0, {k: cpu1[k] - cpu0[k] for k in cpu0})
 
 
 def ray_processes() -> dict[str, list[psutil.Process]]:
@@ -283,11 +308,14 @@ def run_service(args: argparse.Namespace, streams: list[Stream], levels: list[in
             procs = ray_processes()
             counters0 = settled_counters(metrics_url)
             cpu0, wall0 = cpu_times(procs), time.monotonic()
-            runs = asyncio.run(service_level(url, key, streams[:n], args.stagger_s))
+            runs, window = asyncio.run(service_level(url, key, streams[:n], args.stagger_s, procs))
             wall = time.monotonic() - wall0
             cpu = {k: v - cpu0[k] for k, v in cpu_times(procs).items()}
             counters = {k: v - counters0[k] for k, v in settled_counters(metrics_url).items()}
             rows.append(summarise(n, streams[:n], runs, wall, cpu, counters, len(procs["model"])))
+            if window is not None:
+                rows[-1]["all_live_s"] = window.seconds
+                rows[-1]["cpu_per_stream_s_all_live"] = {k: v / (n * window.seconds) for k, v in window.cpu.items()}
             print_row(rows[-1])
             if not passes(rows[-1], args.max_lag_s):
                 break
@@ -501,6 +529,9 @@ def print_row(row: dict) -> None:
     print(f"         CPU: {cpu}  | split: {split}  | batch {row['mean_batch']:.1f}  "
           f"forwards/step {row['forwards_per_step']:.1f}  replicas {row['model_replicas']}"
           + (f"  forward p95 {1000 * row['forward_p95_s']:.1f} ms" if "forward_p95_s" in row else ""), flush=True)
+    if "cpu_per_stream_s_all_live" in row:
+        live = " ".join(f"{k} {v:.4f}" for k, v in row["cpu_per_stream_s_all_live"].items())
+        print(f"         CPU with all {row['streams']} live ({row['all_live_s']:.0f} s): {live}", flush=True)
 
 
 def main() -> int:
