@@ -1,6 +1,6 @@
 """Voice activity gate: only speech, and a little audio around it, reaches the model.
 
-Silero VAD (the silero-vad package; its model ships inside it and runs on a
+Silero VAD (the silero-vad package's weights, run by engine/silero.py on a
 CPU) scores every 32 ms chunk of a stream. The gate turns the scores into
 pieces of the stream's timeline:
 
@@ -19,8 +19,8 @@ pieces of the stream's timeline:
 Scores use hysteresis (speech starts at `threshold`, silence counts below
 `negative_threshold`). The gate's state per stream is plain data; scoring
 is batched over every stream given to `VadGate.process` (one model call
-scores one chunk of each stream: 26 us per stream-chunk at 64 streams
-against 185 us alone, on one core).
+scores one chunk of each stream: 13 us per stream-chunk at 64 streams
+against 170 us alone, on one core).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ import torch
 
 from engine.features import SAMPLE_RATE
 from engine.shapes import padded
+from engine.silero import STATE, SileroNet
 
 CHUNK = 512  # samples per Silero score at 16 kHz
 _CONTEXT = 64  # samples of the previous chunk the model sees with each chunk
-_STATE_SHAPE = (2, 128)  # the model's recurrent state per stream, [2, B, 128] batched
 _EMPTY = np.zeros(0, np.float32)
 
 
@@ -110,7 +110,7 @@ class GateState:
     # While speaking: silence past hangover_s, not sent yet (sent if speech comes back).
     hangover: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     context: np.ndarray = field(default_factory=lambda: np.zeros(_CONTEXT, np.float32))
-    state: np.ndarray = field(default_factory=lambda: np.zeros(_STATE_SHAPE, np.float32))
+    state: np.ndarray = field(default_factory=lambda: np.zeros(STATE, np.float32))
 
 
 def gate(state: GateState, chunk: np.ndarray, prob: float, cfg: VadConfig) -> list[Piece]:
@@ -178,11 +178,8 @@ class VadGate:
     """Silero scoring batched over streams, and the gate on top."""
 
     def __init__(self, cfg: VadConfig) -> None:
-        from silero_vad import load_silero_vad
-
         self.cfg = cfg
-        # The 16 kHz network with its state passed explicitly, so streams batch.
-        self._model = load_silero_vad()._model
+        self._net = SileroNet()
 
     def process(self, streams: list[tuple[GateState, np.ndarray]]) -> list[list[Piece]]:
         """New 16 kHz samples of several streams -> each stream's pieces, in stream order."""
@@ -203,23 +200,21 @@ class VadGate:
                 out[i] += gate(state, chunk, prob, self.cfg)
         return [merge(pieces) for pieces in out]
 
-    @torch.inference_mode()
     def _score(self, states: list[GateState], chunks: list[np.ndarray]) -> list[float]:
         # Rows padded to the shape ladder (engine/shapes.py): with one batch shape, a row's score is
         # the same bit for bit whatever the other rows hold, so a stream gated beside others (the
-        # ingest) gets the pieces it gets alone (the CLI) while at most 8 share a call. Fewer shapes
-        # also bound the model's compiled variants (all of 1-64 rows: +38 MB).
+        # ingest) gets the pieces it gets alone (the CLI) while at most 8 share a call.
         rows = padded(len(states))
         x = np.zeros((rows, _CONTEXT + CHUNK), np.float32)
         x[: len(states)] = [np.concatenate([s.context, c]) for s, c in zip(states, chunks)]
-        recurrent = np.zeros((_STATE_SHAPE[0], rows, _STATE_SHAPE[1]), np.float32)
+        recurrent = np.zeros((STATE[0], rows, STATE[1]), np.float32)
         recurrent[:, : len(states)] = np.stack([s.state for s in states], axis=1)
-        probs, recurrent = self._model(torch.from_numpy(x), torch.from_numpy(recurrent))
+        probs, recurrent = self._net(torch.from_numpy(x), torch.from_numpy(recurrent))
         new_state = recurrent.numpy()
         for i, (state, chunk) in enumerate(zip(states, chunks)):
             state.context = chunk[-_CONTEXT:].copy()
             state.state = new_state[:, i].copy()
-        return probs[:, 0].tolist()
+        return probs.tolist()
 
 
 def feed_pieces(engine: object, stream_id: str, pieces: list[Piece]) -> None:

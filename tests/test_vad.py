@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from engine.features import SAMPLE_RATE
+from engine.silero import INPUT, STATE, SileroNet
 from engine.vad import CHUNK, Audio, Endpoint, Gap, GateState, VadConfig, VadGate, flush, gate, merge
 from training.corpus import synthesize
 
@@ -169,3 +170,25 @@ def test_a_streams_scores_do_not_depend_on_the_streams_scored_beside_it() -> Non
     alone = probs(0)
     assert max(alone) > 0.9  # it is speech
     assert probs(3) == alone and probs(7) == alone
+
+
+def test_our_silero_network_scores_what_the_packages_does() -> None:
+    """engine/silero.py runs Silero's weights its own way (an FFT, matrix products): on real speech,
+    chunk after chunk with the state carried, it gives the package's probabilities and state."""
+    import torch
+    from silero_vad import load_silero_vad
+
+    theirs, ours = load_silero_vad()._model, SileroNet()
+    speech = synthesize("the dog ran across the yellow field", "en-us", 160, 50)
+    windows = [speech[max(0, i - (INPUT - CHUNK)) : i + CHUNK] for i in range(INPUT - CHUNK, len(speech) - CHUNK, CHUNK)]
+    state = torch.zeros(STATE[0], 1, STATE[1])
+    probs = []
+    with torch.inference_mode():
+        for window in windows:
+            x = torch.from_numpy(np.ascontiguousarray(window, np.float32))[None]
+            expected, expected_state = theirs(x, state)
+            prob, state = ours(x, state)
+            assert abs(prob.item() - expected.item()) < 1e-4
+            assert torch.allclose(state, expected_state, atol=1e-4)
+            probs.append(prob.item())
+    assert max(probs) > 0.9 and min(probs) < 0.1  # speech and its silent edges both seen
