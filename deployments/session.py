@@ -109,7 +109,7 @@ class StreamLog:
         takes no samples, so the position alone cannot tell).
         """
         pieces, taken = [], 0
-        for at, item in self._items:
+        for at, item in self._ending_from(sent):
             if isinstance(item, Pause):
                 end = at + item.gap
                 delivered = end < sent or (item.gap > 0 and end == sent) or (end == sent and pause_sent)
@@ -124,6 +124,21 @@ class StreamLog:
             if taken >= max_samples:
                 break
         return Outgoing(_joined(pieces))
+
+    def _ending_from(self, sent: int) -> list[tuple[int, np.ndarray | Pause]]:
+        """The items that end at or after session sample `sent`, in order.
+
+        Found from the tail: what is unsent is the last few items, while the
+        log keeps every item back to the last committed word (read runs for
+        every stream at every link tick).
+        """
+        tail = []
+        for at, item in reversed(self._items):
+            if at + (item.gap if isinstance(item, Pause) else len(item)) < sent:
+                break
+            tail.append((at, item))
+        tail.reverse()
+        return tail
 
 
 def _joined(pieces: list[np.ndarray]) -> np.ndarray:

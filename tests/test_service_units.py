@@ -16,7 +16,8 @@ from deployments.protocol import Audio, End, ProtocolError, Start, parse_client_
 from deployments.replica_loop import ReplicaLoop
 from deployments.router import StickyRouter
 from deployments.run import app_config, captions_env, kill_haproxy, load_config
-from deployments.session import Session, SessionWord
+from deployments.session import Session, SessionWord, StreamLog
+from engine.stream import Pause
 
 from .conftest import REPO, noise
 
@@ -270,6 +271,39 @@ def test_make_run_stops_the_haproxy_of_its_own_node_only() -> None:
     finally:
         theirs.kill()
         ours.kill()
+
+
+def test_a_stream_log_reads_from_any_position_what_a_scan_from_its_start_reads() -> None:
+    """StreamLog.read finds the unsent items from the tail; a scan of every item is the reference."""
+
+    def scanned(log: StreamLog, sent: int, max_samples: int, pause_sent: bool) -> tuple[list[float], int | None]:
+        audio: list[float] = []
+        for at, item in log._items:
+            if isinstance(item, Pause):
+                end = at + item.gap
+                if end < sent or (item.gap > 0 and end == sent) or (end == sent and pause_sent):
+                    continue
+                return audio, item.gap
+            if at + len(item) > sent:
+                audio += list(item[max(0, sent - at) :][: max_samples - len(audio)])
+                if len(audio) >= max_samples:
+                    break
+        return audio, None
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        log = StreamLog(start=int(rng.integers(0, 1000)))
+        for _ in range(int(rng.integers(1, 30))):
+            kind = rng.integers(0, 3)
+            if kind == 0:
+                log.append(np.arange(log.end, log.end + rng.integers(1, 50), dtype=np.float32))
+            else:
+                log.append(Pause(0 if kind == 1 else int(rng.integers(1, 40))))
+        log.drop_before(int(rng.integers(log.start, log.end + 1)))
+        for sent in range(log.start, log.end + 2):
+            for pause_sent in (False, True):
+                out = log.read(sent, 25, pause_sent)
+                assert (list(out.audio), out.pause) == scanned(log, sent, 25, pause_sent), (sent, pause_sent)
 
 
 def test_session_sends_pauses_in_order_and_replays_them() -> None:
