@@ -72,6 +72,23 @@ def test_words_survive_a_new_store_on_the_same_database(db_url: str):
     assert [w.text for w in TranscriptStore(db_url).words("acme", "s1")] == ["kept"]
 
 
+def test_a_group_commit_checks_the_owner_of_every_stream_this_store_did_not_open(db_url: str):
+    """Streams this store opened skip the ownership query; any other stream (opened by another
+    replica's store, closed, or another tenant's) is looked up, and a foreign one is refused."""
+    here, there = TranscriptStore(db_url), TranscriptStore(db_url)
+    here.open_stream("acme", "mine", None, 5)
+    there.open_stream("acme", "theirs", None, 5)
+    there.open_stream("globex", "foreign", None, 5)
+    here.open_stream("acme", "closed", None, 5)
+    here.close_stream("acme", "closed", StreamStatus.INTERRUPTED)
+    batches = [WordBatch("acme", sid, 0, [(sid, 0.0, 0.5, False)]) for sid in ("mine", "theirs", "closed", "foreign")]
+    refused = here.append_word_batches(batches)
+    assert [b.stream_id for b in refused] == ["foreign"]
+    for sid in ("mine", "theirs", "closed"):
+        assert [w.text for w in here.words("acme", sid)] == [sid]
+    assert here.words("globex", "foreign") == []
+
+
 def test_other_tenant_sees_unknown_stream(store: TranscriptStore):
     store.open_stream("acme", "s1", "en", 5)
     store.append_words("acme", "s1", 0, [("secret", 0.0, 0.5, False)])
