@@ -40,7 +40,7 @@ class SileroNet:
         model = load_silero_vad()._model  # the 16 kHz network
         self._window = torch.hann_window(FILTER, periodic=True)
         # Conv weights [out, in, 3] as [in * 3, out], the order unfold lays an input window out in.
-        self._convs = []
+        self._convs: list[tuple[torch.Tensor, torch.Tensor, int]] = []
         for i in range(4):
             conv = getattr(model.encoder, str(i)).reparam_conv
             weight = conv.weight.detach()
