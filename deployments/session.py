@@ -73,7 +73,7 @@ class StreamLog:
         self.audio_samples = 0  # audio kept (the replay bound counts only audio)
 
     def append(self, piece: np.ndarray | Pause) -> None:
-        size = piece.gap if isinstance(piece, Pause) else len(piece)
+        size = _size(piece)
         if isinstance(piece, np.ndarray):
             if not size:
                 return
@@ -86,7 +86,7 @@ class StreamLog:
         index = min(index, self.end)
         while self._items:
             at, item = self._items[0]
-            size = item.gap if isinstance(item, Pause) else len(item)
+            size = _size(item)
             if at + size <= index and not (size == 0 and at == index):
                 self._items.popleft()
                 if isinstance(item, np.ndarray):
@@ -134,11 +134,16 @@ class StreamLog:
         """
         tail = []
         for at, item in reversed(self._items):
-            if at + (item.gap if isinstance(item, Pause) else len(item)) < sent:
+            if at + _size(item) < sent:
                 break
             tail.append((at, item))
         tail.reverse()
         return tail
+
+
+def _size(item: np.ndarray | Pause) -> int:
+    """Session samples an item covers: its audio, or the samples a pause leaves out (0 for an endpoint)."""
+    return item.gap if isinstance(item, Pause) else len(item)
 
 
 def _joined(pieces: list[np.ndarray]) -> np.ndarray:

@@ -32,10 +32,10 @@ import torch
 
 from engine.features import SAMPLE_RATE
 from engine.shapes import padded
-from engine.silero import STATE, SileroNet
+from engine.silero import INPUT, STATE, SileroNet
 
 CHUNK = 512  # samples per Silero score at 16 kHz
-_CONTEXT = 64  # samples of the previous chunk the model sees with each chunk
+_CONTEXT = INPUT - CHUNK  # samples of the previous chunk the model sees with each chunk
 _EMPTY = np.zeros(0, np.float32)
 
 
@@ -205,7 +205,7 @@ class VadGate:
         # the same bit for bit whatever the other rows hold, so a stream gated beside others (the
         # ingest) gets the pieces it gets alone (the CLI) while at most 8 share a call.
         rows = padded(len(states))
-        x = np.zeros((rows, _CONTEXT + CHUNK), np.float32)
+        x = np.zeros((rows, INPUT), np.float32)
         x[: len(states)] = [np.concatenate([s.context, c]) for s, c in zip(states, chunks)]
         recurrent = np.zeros((STATE[0], rows, STATE[1]), np.float32)
         recurrent[:, : len(states)] = np.stack([s.state for s in states], axis=1)
