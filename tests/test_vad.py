@@ -188,7 +188,10 @@ def test_our_silero_network_scores_what_the_packages_does() -> None:
             x = torch.from_numpy(np.ascontiguousarray(window, np.float32))[None]
             expected, expected_state = theirs(x, state)
             prob, state = ours(x, state)
-            assert abs(prob.item() - expected.item()) < 1e-4
-            assert torch.allclose(state, expected_state, atol=1e-4)
+            # Float32 rounding alone: the package's own network is up to ~1.3e-4 off a float64 run in
+            # the LSTM state (values up to ~22) and it differs between CPUs; a weight 1% off moves
+            # the state by ~0.4 and the probability by ~0.07.
+            assert abs(prob.item() - expected.item()) < 1e-3
+            assert torch.allclose(state, expected_state, atol=1e-3)
             probs.append(prob.item())
     assert max(probs) > 0.9 and min(probs) < 0.1  # speech and its silent edges both seen
