@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -93,6 +94,10 @@ class ReplicaLoop:
     # ------------------------------------------------ called on the replica's asyncio loop
     def open(self, link: str, stream_id: str, language: str | None, context: str) -> None:
         """Open a stream whose events go to `link`; EngineError (overloaded, bad_request) if not."""
+        # Interned and held while the stream is open: the pushes' maps are keyed by stream id and Ray's
+        # msgpack decoder interns map keys; a live interned copy keeps each push from adding (and
+        # dropping) an entry in CPython's interned-string table (see Session.stream_key).
+        stream_id = sys.intern(stream_id)
         self.engine.open(stream_id, language, context)
         with self._lock:
             outbox = self._link(link)

@@ -203,6 +203,40 @@ def test_replica_loop_carries_many_streams_on_one_link(make_scheduler) -> None:
         assert sum(len(e["words"]) for e in stream_events if e["type"] in ("words", "final")) > 0
 
 
+def _over_ray(key: str) -> str:
+    """`key` as a map key through Ray's msgpack encoding, decoded as a replica receives it."""
+    from ray._raylet import MessagePackSerializer
+
+    return next(iter(MessagePackSerializer.loads(MessagePackSerializer.dumps({key: 1}))))
+
+
+def test_stream_keys_from_ray_decode_to_the_copy_the_ingest_holds() -> None:
+    """Ray's msgpack decoder interns map keys: the replies' maps keyed by stream key must find the
+    ingest's live interned key, or every tick adds and drops an entry of CPython's interned-string
+    table, which then rebuilds itself (7.5 MB at a time in a replica)."""
+    session = Session(language="en", max_replay_s=10.0)
+    held = session.stream_key  # as the link holds it
+    assert _over_ray(held[:1] + held[1:]) is held  # a fresh copy, as a reply brings it
+
+
+def test_stream_ids_from_ray_decode_to_the_copy_the_replica_holds(make_scheduler) -> None:
+    """The same on the model replica: a push's maps keyed by stream id find the id the stream holds."""
+
+    async def run() -> None:
+        loop = ReplicaLoop(make_scheduler(), idle_timeout_s=60.0)
+        try:
+            loop.open("ingest-1", "".join(["tenant-a/", "s.0"]), "en", "")
+            decoded = _over_ray("".join(["tenant-a/", "s.0"]))
+            loop.push("ingest-1", {decoded: noise(0.5, seed=1)}, ends=[decoded], aborts=[])
+            async for batch in loop.events("ingest-1", 1.0):
+                assert batch[0]["stream"] is decoded
+                return
+        finally:
+            loop.stop()
+
+    asyncio.run(run())
+
+
 def test_replica_loop_aborts_the_streams_of_a_link_gone_quiet(make_scheduler) -> None:
     async def run() -> int:
         engine = make_scheduler(max_streams=2)
