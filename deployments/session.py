@@ -245,8 +245,8 @@ class Session:
         replica's replies map stream keys to figures, and Ray's msgpack decoder
         interns map keys. Without a live interned copy every reply added a new
         entry to CPython's interned-string table and dropped it again (~100 a
-        second at 16 streams); the table rebuilt itself every ~40 minutes and
-        the first rebuild grew the heap by the table's 7.5 MB (the soak's step).
+        second at 16 streams); the table rebuilt itself every ~40 minutes, and
+        a rebuild could grow the heap by the table's 7.5 MB (README, soak).
         """
         return sys.intern(f"{self.session_id}.{self.incarnation}")
 
